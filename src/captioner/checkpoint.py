@@ -1,0 +1,88 @@
+"""Model files: state_dict + vocab + config + encoder description, never pickled modules.
+
+Everything in a model file is tensors, numbers, strings, lists and dicts, so it loads with
+``torch.load(weights_only=True)``: a tampered or foreign file is rejected instead of executed. The vocab
+travels inside the model, so a model can never be paired with the wrong word list.
+"""
+
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from captioner.config import Config
+from captioner.data.vocab import Vocab
+from captioner.decoders import Decoder, build_decoder
+from captioner.errors import file_error
+from captioner.io import torch_save_atomic
+
+MODEL_FORMAT = "captioner-model/1"
+
+
+@dataclass
+class CaptionModel:
+    decoder: Decoder
+    vocab: Vocab
+    config: Config
+    encoder: dict  # the encoder's describe(): name, weights, input_size, grid_size, dims
+    metrics: dict = field(default_factory=dict)
+
+
+def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Path:
+    state = {k: v.detach().cpu() for k, v in model.decoder.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return torch_save_atomic(path, {
+        "format": MODEL_FORMAT,
+        "config": model.config.to_dict(),
+        "vocab": model.vocab.to_dict(),
+        "encoder": dict(model.encoder),
+        "global_dim": int(model.encoder["global_dim"]),
+        "grid_dim": int(model.encoder["grid_dim"]),
+        "metrics": dict(model.metrics),
+        "state_dict": state,
+    })
+
+
+def _read(path: Path) -> dict:
+    if not path.exists():
+        raise file_error(path, "no such model file")
+    if path.is_dir():
+        raise file_error(path, "is a directory, not a model file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise file_error(path, f"refused: not a plain-tensor checkpoint ({str(e).splitlines()[0][:120]})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise file_error(path, f"not a readable checkpoint ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(obj, dict):
+        raise file_error(path, "not a captioner model file")
+    return obj
+
+
+def load_model(path: str | Path) -> CaptionModel:
+    """Load a model file written by :func:`save_model`, or a Lightning checkpoint of a training run."""
+    path = Path(path)
+    obj = _read(path)
+    if obj.get("format") == MODEL_FORMAT:
+        hp, state = obj, obj["state_dict"]
+        metrics = obj.get("metrics", {})
+    elif "hyper_parameters" in obj and "state_dict" in obj:  # Lightning checkpoint (best.ckpt / last.ckpt)
+        hp = obj["hyper_parameters"]
+        state = {k.removeprefix("decoder."): v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
+        metrics = {}
+    else:
+        raise file_error(path, "not a captioner model file (no 'format' or Lightning hyper_parameters)")
+    try:
+        config = Config.from_dict(hp["config"], source=str(path))
+        vocab = Vocab.from_dict(hp["vocab"])
+        decoder = build_decoder(config.model, len(vocab), int(hp["global_dim"]), int(hp["grid_dim"]))
+        decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise file_error(path, f"model file does not match its config ({str(e).splitlines()[0][:160]})") from None
+    decoder.eval()
+    encoder = hp.get("encoder") or {"name": config.encoder.name, "weights": config.encoder.weights,
+                                   "global_dim": hp["global_dim"], "grid_dim": hp["grid_dim"]}
+    return CaptionModel(decoder, vocab, config, dict(encoder), dict(metrics))

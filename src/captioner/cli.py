@@ -1,0 +1,199 @@
+"""The ``captioner`` command: synth | prepare | features | train | evaluate | caption.
+
+Every problem with the user's input ends as one line on stderr (``error: <file>: <problem>``), exit code 2.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from captioner.errors import CaptionerError
+
+log = logging.getLogger("captioner")
+
+EPILOG = """examples:
+  captioner synth --out data/synth
+  captioner train --config synth_soft --data data/synth --out runs/synth_soft
+  captioner evaluate --model runs/synth_soft/model.pt --data data/synth --split test --beam-size 5
+  captioner caption --model runs/synth_soft/model.pt photo1.jpg photo2.png
+"""
+
+
+def cmd_synth(args) -> None:
+    from captioner.data.synth import make_synth
+
+    out = make_synth(args.out, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, size=args.size,
+                     seed=args.seed)
+    print(f"synthetic dataset in {out}")
+
+
+def cmd_prepare(args) -> None:
+    from captioner.data.readers import load_dataset
+    from captioner.data.vocab import Vocab
+    from captioner.io import write_json_atomic
+
+    ds = load_dataset(args.data, images=args.images)
+    n_caps = sum(len(r.captions) for r in ds.records)
+    print(f"{ds.source}: {len(ds.records)} images, {n_caps} captions, splits {ds.splits()}")
+    train = [c for r in ds.split("train") for c in r.captions]
+    vocab = Vocab.build(train, min_freq=args.min_word_freq)
+    print(f"vocabulary: {len(vocab)} words with min_word_freq={args.min_word_freq} (train split)")
+    if args.out:
+        out = Path(args.out)
+        write_json_atomic(out / "dataset.json", {"images": [
+            {"filename": r.image.name, "filepath": str(r.image.parent), "split": r.split,
+             "sentences": [{"raw": raw, "tokens": tok} for raw, tok in zip(r.captions_raw, r.captions, strict=True)]}
+            for r in ds.records]})
+        vocab.save(out / "vocab.json")
+        print(f"wrote {out / 'dataset.json'} and {out / 'vocab.json'}")
+
+
+def cmd_features(args) -> None:
+    from captioner.config import load_config
+    from captioner.training.train import load_features
+
+    cfg = load_config(args.config, args.set)
+    _, records, encoder, cache = load_features(cfg, args.data, args.cache, progress=not args.no_progress)
+    print(f"features of {len(cache.names)} images ({encoder.describe()}) ready; {len(cache.failed)} failed")
+
+
+def cmd_train(args) -> None:
+    from captioner.config import load_config, resolve_config_path
+    from captioner.training.train import train
+
+    cfg = load_config(args.config, args.set)
+    out = args.out or Path("runs") / resolve_config_path(args.config).stem
+    path = train(cfg, args.data, out, cache_root=args.cache, resume=args.resume, progress=not args.no_progress)
+    print(f"model written to {path}")
+
+
+def cmd_evaluate(args) -> None:
+    from captioner.checkpoint import load_model
+    from captioner.inference import evaluate
+
+    model = load_model(args.model)
+    metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
+    report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
+                      args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress)
+    print_table(report)
+    if args.out:
+        print(f"per-image captions and scores written to {args.out}")
+
+
+def print_table(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{report['split']} split: {report['images']} images, beam {report['beam_size']}")
+    for name in report["metrics"]:
+        table.add_column(name, justify="right")
+    table.add_row(*(f"{100 * v:.1f}" for v in report["metrics"].values()))
+    Console().print(table)
+    print("scores x100 (coco-caption / pycocoevalcap)")
+
+
+def cmd_caption(args) -> None:
+    from captioner.checkpoint import load_model
+    from captioner.inference import caption_files
+
+    model = load_model(args.model)
+    results, failures = caption_files(model, args.images, beam_size=args.beam_size, max_len=args.max_len)
+    for r in results:
+        print(f"{r['image']}: {r['caption']}" if len(args.images) > 1 else r["caption"])
+    for _path, message in failures:
+        print(f"skipped {message}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} of {len(args.images)} images skipped", file=sys.stderr)
+        if not results:
+            raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="captioner", description="Train, evaluate and use neural image captioners.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="show info messages and full tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write the synthetic shapes dataset (known captions and object boxes)")
+    s.add_argument("--out", required=True, help="folder to write (images/, captions.txt, splits/, objects.json)")
+    s.add_argument("--n-train", type=int, default=1200, help="number of training images (default 1200)")
+    s.add_argument("--n-val", type=int, default=100, help="number of validation images (default 100)")
+    s.add_argument("--n-test", type=int, default=100, help="number of test images (default 100)")
+    s.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files (default 0)")
+    s.set_defaults(func=cmd_synth)
+
+    data_help = ("dataset: a folder with images/, captions.txt, splits/NAME.txt; a Flickr8k folder "
+                 "(Flickr8k.token.txt + split lists); a Kaggle folder (captions.txt CSV + Images/); "
+                 "or a Karpathy dataset_*.json")
+    s = sub.add_parser("prepare", help="check a dataset, print its statistics, write a normalised copy + vocab")
+    s.add_argument("--data", required=True, help=data_help)
+    s.add_argument("--images", help="image folder, when it is not beside the annotations")
+    s.add_argument("--min-word-freq", type=int, default=5, help="words rarer than this in train become <unk>")
+    s.add_argument("--out", help="folder for dataset.json (Karpathy format) and vocab.json")
+    s.set_defaults(func=cmd_prepare)
+
+    def add_config(s):
+        s.add_argument("--config", required=True,
+                       help="YAML config file, or the name of a shipped one (e.g. soft_lite0, synth_soft)")
+        s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config value, e.g. --set train.max_epochs=3 (repeatable)")
+        s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
+        s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+
+    s = sub.add_parser("features", help="extract encoder features of a dataset into the cache (resumable)")
+    s.add_argument("--data", required=True, help=data_help)
+    add_config(s)
+    s.set_defaults(func=cmd_features)
+
+    s = sub.add_parser("train", help="train a model (features from the cache; decoded-metric model selection)")
+    s.add_argument("--data", required=True, help=data_help)
+    s.add_argument("--out", help="run folder (default runs/CONFIG_NAME)")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_config(s)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
+    s.add_argument("--model", required=True, help="model file (model.pt) or a run's Lightning checkpoint")
+    s.add_argument("--data", required=True, help=data_help)
+    s.add_argument("--split", default="val", help="split to score (default val)")
+    s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
+    s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    s.add_argument("--limit", type=int, help="score only the first N images of the split")
+    s.add_argument("--out", help="JSON file for the metric table and per-image captions and scores")
+    s.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "python"],
+                   help="ptb: coco-caption's Java PTB tokenizer; python: our copy of it; auto: ptb if Java exists")
+    s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
+    s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("caption", help="print one caption per image file")
+    s.add_argument("--model", required=True, help="model file (model.pt) or a run's Lightning checkpoint")
+    s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
+    s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
+    s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    s.set_defaults(func=cmd_caption)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        args.func(args)
+    except CaptionerError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Experiment configuration: YAML files in ``configs/`` loaded into small dataclasses.
+
+A config names a model, an encoder, data options, training and decoding settings. It is passed explicitly
+to whatever needs it (no global config), stored inside every checkpoint, and written next to every run.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from captioner.errors import CaptionerError, file_error
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class ModelConfig:
+    type: str = "soft"  # nic | soft | hard
+    embed_dim: int = 512
+    hidden_dim: int = 512
+    attention_dim: int = 512
+    dropout: float = 0.5
+    alpha_c: float = 1.0  # doubly stochastic attention regularisation (soft, hard)
+    # hard attention (Xu et al. 2015, section 4.1)
+    reinforce_weight: float = 1.0  # lambda_r: weight of the score-function (REINFORCE) term
+    entropy_weight: float = 0.002  # lambda_e: weight of the attention entropy bonus
+    baseline_decay: float = 0.9  # moving-average baseline b <- decay * b + (1 - decay) * log p(y|s)
+    expected_context_prob: float = 0.5  # use the expected (soft) context for this fraction of captions
+    hard_inference: str = "argmax"  # context at decoding time: argmax | expected | sample
+
+
+@dataclass
+class EncoderConfig:
+    name: str = "efficientnet_lite0"
+    weights: str = "imagenet"  # imagenet | none | path to a local state_dict file
+    input_size: int | None = None  # None: the encoder's default
+    grid_size: int | None = None  # None: the encoder's natural grid
+    layer: str | None = None  # encoder-specific alternative feature layer
+    finetune: bool = False  # compute features in the training loop and train the encoder too
+    lr: float = 1.0e-4  # encoder learning rate when finetune is on
+
+
+@dataclass
+class DataConfig:
+    min_word_freq: int = 5
+    max_caption_len: int = 50  # longer training captions are cut (the <end> token is kept)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32
+    lr: float = 4.0e-4
+    weight_decay: float = 0.0
+    max_epochs: int = 20
+    grad_clip: float = 5.0
+    lr_factor: float = 0.8  # multiply the LR by this when the monitored metric stalls
+    lr_patience: int = 2
+    early_stop_patience: int = 5
+    monitor: str = "bleu4"  # decoded validation metric: bleu4 | cider
+    val_beam_size: int = 3
+    val_max_len: int = 30
+    val_images: int | None = None  # score only the first N val images (None: all)
+    seed: int = 0
+    precision: str = "auto"  # auto (bf16/16-mixed on CUDA, 32 on CPU) | 32 | 16-mixed | bf16-mixed
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_workers: int = 0
+    deterministic: bool = True
+
+
+@dataclass
+class DecodeConfig:
+    beam_size: int = 5
+    max_len: int = 30
+    length_penalty: float = 0.0  # 0: plain sum of log-probs; 1: mean log-prob per word
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        parts = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(d) - set(parts)
+        if unknown:
+            raise file_error(source, f"unknown section(s) {sorted(unknown)}; expected {sorted(parts)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            section_cls = f.default_factory  # type: ignore[misc]
+            values = d.get(f.name) or {}
+            if not isinstance(values, dict):
+                raise file_error(source, f"section '{f.name}' must be a mapping")
+            known = {g.name for g in dataclasses.fields(section_cls)}
+            bad = set(values) - known
+            if bad:
+                raise file_error(source, f"unknown key(s) {sorted(bad)} in '{f.name}'; known: {sorted(known)}")
+            kwargs[f.name] = section_cls(**values)
+        cfg = cls(**kwargs)
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        if self.model.type not in ("nic", "soft", "hard"):
+            raise file_error(source, f"model.type must be nic, soft or hard, not {self.model.type!r}")
+        if self.train.monitor not in ("bleu4", "cider"):
+            raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
+        if self.model.hard_inference not in ("argmax", "expected", "sample"):
+            raise file_error(source, "model.hard_inference must be argmax, expected or sample")
+
+
+def available_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a config shipped in ``captioner/configs`` (e.g. ``soft_lite0``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise file_error(path, "no such config file")
+        return path
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise CaptionerError(f"{name_or_path}: no such config file or shipped config ({', '.join(available_configs())})")
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise file_error(path, f"malformed YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise file_error(path, "not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise file_error(path, "a config must be a mapping of sections")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise CaptionerError(f"--set {item!r}: expected section.key=value, e.g. train.max_epochs=3")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    return Config.from_dict(raw, source=str(path))

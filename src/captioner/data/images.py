@@ -1,0 +1,101 @@
+"""Reading images robustly (one clear error per bad file) and turning them into encoder input."""
+
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.errors import file_error
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (about 9459 x 9459)
+_TRANSPARENT_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+_DEEP_GREY_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open ``path`` as an upright 8-bit RGB image, or raise a one-line :class:`CaptionerError`.
+
+    Handles EXIF rotation, transparency (composited on white), palettes, grey and 16-bit images,
+    CMYK, and animations (first frame).  Truncated or corrupt files fail here rather than later.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                _check_pixel_count(path, img)
+                img.load()  # decode now, so a truncated file fails here
+                return to_rgb(_upright(img))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise file_error(path, "image too large (possible decompression bomb)") from None
+    except UnidentifiedImageError:
+        raise file_error(path, "not an image (unknown or unsupported format)") from None
+    except PermissionError:
+        raise file_error(path, "permission denied") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise file_error(path, f"corrupt or truncated image ({e})") from None
+
+
+def _check_file(path: Path) -> None:
+    """Fail early, with a precise message, for paths that cannot be an image."""
+    if not path.exists():
+        raise file_error(path, "no such file")
+    if path.is_dir():
+        raise file_error(path, "is a directory, not an image")
+    if path.stat().st_size == 0:
+        raise file_error(path, "empty file")
+
+
+def _check_pixel_count(path: Path, img: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+    width, height = img.size
+    if width * height > limit:
+        raise file_error(path, f"image too large ({width}x{height} pixels, limit {limit})")
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag; a broken EXIF block is ignored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # Pillow raises assorted errors on malformed EXIF data
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB: transparency over white, deep greys scaled to 0..255."""
+    if img.mode == "RGB":
+        return img.copy()
+    if img.mode in _DEEP_GREY_MODES:
+        return _deep_grey_to_rgb(img)
+    if img.mode in _TRANSPARENT_MODES or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _deep_grey_to_rgb(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit / float grey -> 8-bit RGB, scaling the full range instead of clipping it."""
+    values = np.asarray(img, dtype=np.float64)
+    if img.mode == "F":
+        top = 1.0 if values.size and values.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if img.mode.startswith("I;16") or (values.size and values.max() > 255) else 255.0
+    grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def image_to_tensor(img: Image.Image, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Resize to ``size x size`` (bilinear, antialiased; aspect not kept, as in Show-Attend-Tell code)
+    and normalise per channel: a float32 tensor ``[3, size, size]``."""
+    img = to_rgb(img) if img.mode != "RGB" else img
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BILINEAR)  # Pillow antialiases when shrinking
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S]
+    mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    return ((x - mean_t) / std_t).contiguous()

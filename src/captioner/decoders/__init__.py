@@ -1,0 +1,25 @@
+"""Decoders: Show-and-Tell (NIC), soft attention and hard attention, behind one per-step interface."""
+
+from captioner.config import ModelConfig
+from captioner.decoders.base import Decoder
+from captioner.decoders.hard import HardAttentionDecoder
+from captioner.decoders.nic import NICDecoder
+from captioner.decoders.soft import SoftAttentionDecoder
+
+__all__ = ["Decoder", "NICDecoder", "SoftAttentionDecoder", "HardAttentionDecoder", "build_decoder"]
+
+
+def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: int) -> Decoder:
+    """Create the decoder a model config describes, for features of the given sizes."""
+    dims = dict(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
+    if cfg.type == "nic":
+        return NICDecoder(vocab_size, global_dim, **dims)
+    attention = dict(attention_dim=cfg.attention_dim, alpha_c=cfg.alpha_c, **dims)
+    if cfg.type == "soft":
+        return SoftAttentionDecoder(vocab_size, grid_dim, **attention)
+    if cfg.type == "hard":
+        return HardAttentionDecoder(
+            vocab_size, grid_dim, reinforce_weight=cfg.reinforce_weight, entropy_weight=cfg.entropy_weight,
+            baseline_decay=cfg.baseline_decay, expected_context_prob=cfg.expected_context_prob,
+            hard_inference=cfg.hard_inference, **attention)
+    raise ValueError(f"unknown model type {cfg.type!r}")

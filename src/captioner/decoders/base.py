@@ -1,0 +1,84 @@
+"""The per-step interface every decoder serves, and the teacher-forced loss built on it.
+
+Decoding (beam search, greedy) and training both go through the same three calls, so what the model
+is trained to do is exactly what it does when it captions:
+
+    ctx   = decoder.encode(feats)                  # per-image tensors computed once (e.g. attention projections)
+    state = decoder.init_state(ctx)                # recurrent state before the first word
+    logp, state, alpha = decoder.step(ctx, state, prev_tokens)   # one word for every sequence
+
+``feats`` is ``{"global": [B, D], "grid": [B, L, C]}`` from an encoder or the feature cache. Every tensor in
+``ctx`` and ``state`` is batch-first, so beam search can expand ``ctx`` once per beam and reorder ``state``.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Features = dict[str, Tensor]
+State = dict[str, Tensor]
+
+
+class Decoder(nn.Module):
+    has_attention: bool = False
+
+    def __init__(self, vocab_size: int, pad_id: int = 0):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.pad_id = pad_id
+
+    # ---- the per-step interface -------------------------------------------------------------------
+    def encode(self, feats: Features) -> State:
+        raise NotImplementedError
+
+    def init_state(self, ctx: State) -> State:
+        raise NotImplementedError
+
+    def step_logits(self, ctx: State, state: State, prev: Tensor) -> tuple[Tensor, State, Tensor | None]:
+        """prev: [B] previous word ids -> (logits [B, V], new state, attention [B, L] or None)."""
+        raise NotImplementedError
+
+    def step(self, ctx: State, state: State, prev: Tensor) -> tuple[Tensor, State, Tensor | None]:
+        logits, state, alpha = self.step_logits(ctx, state, prev)
+        return F.log_softmax(logits.float(), dim=-1), state, alpha  # [B, V]
+
+    # ---- training ---------------------------------------------------------------------------------
+    def teacher_forcing(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
+        """Run the step function over ``captions[:, :-1]`` (``<start> w1 .. wn``), predicting ``captions[:, 1:]``.
+
+        Returns logits [B, T-1, V], and for attention models alphas [B, T-1, L] (plus locs [B, T-1] for hard).
+        """
+        ctx = self.encode(feats)
+        state = self.init_state(ctx)
+        logits, alphas, locs = [], [], []
+        for t in range(captions.size(1) - 1):
+            step_logits, state, alpha = self.step_logits(ctx, state, captions[:, t])
+            logits.append(step_logits)
+            if alpha is not None:
+                alphas.append(alpha)
+            if "loc" in state:
+                locs.append(state["loc"])
+        out = {"logits": torch.stack(logits, 1)}  # [B, T-1, V]
+        if alphas:
+            out["alphas"] = torch.stack(alphas, 1)  # [B, T-1, L]
+        if locs:
+            out["locs"] = torch.stack(locs, 1)  # [B, T-1]
+        out.update({k: v for k, v in ctx.items() if k.startswith("flag_")})
+        return out
+
+    def loss(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
+        """Masked cross-entropy per word (+ model-specific terms). ``loss`` is what to minimise."""
+        out = self.teacher_forcing(feats, captions)
+        targets = captions[:, 1:]  # [B, T-1]
+        mask = targets != self.pad_id
+        nll = F.cross_entropy(out["logits"].float().transpose(1, 2), targets, reduction="none")  # [B, T-1]
+        nll = nll * mask
+        n_tokens = mask.sum().clamp(min=1)
+        terms = {"nll": nll.sum() / n_tokens}
+        terms.update(self.extra_losses(out, nll, mask, n_tokens))
+        terms["loss"] = sum(v for k, v in terms.items() if not k.startswith("log_"))
+        return terms
+
+    def extra_losses(self, out: dict, nll: Tensor, mask: Tensor, n_tokens: Tensor) -> dict[str, Tensor]:
+        """Model-specific loss terms; keys starting with ``log_`` are only logged, not added."""
+        return {}

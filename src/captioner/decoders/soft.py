@@ -1,0 +1,78 @@
+"""Show, Attend and Tell with soft (deterministic) attention, Xu et al. 2015 section 4.2.
+
+Per word t, with annotation vectors a_i (the encoder grid, i = 1..L) and previous state h_{t-1}:
+    e_ti  = w^T tanh(W_a a_i + W_h h_{t-1})          MLP attention (W_a a_i precomputed once per image)
+    alpha = softmax(e_t)                              [B, L]
+    z_t   = beta_t * sum_i alpha_ti a_i,  beta_t = sigmoid(f_beta(h_{t-1}))   gating scalar (section 4.2.1)
+    h_t   = LSTM([E y_{t-1}; z_t], h_{t-1})
+    p(y_t) = softmax(L_o tanh(E y_{t-1} + L_h h_t + L_z z_t))               deep output (eq. 7)
+h_0, c_0 come from MLPs on the mean annotation vector. Training adds the doubly stochastic regulariser
+alpha_c * mean_i (1 - sum_t alpha_ti)^2 so that every location gets attention over the caption.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from captioner.decoders.base import Decoder, Features, State
+
+
+class SoftAttentionDecoder(Decoder):
+    has_attention = True
+
+    def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
+                 attention_dim: int = 512, dropout: float = 0.5, alpha_c: float = 1.0, pad_id: int = 0):
+        super().__init__(vocab_size, pad_id)
+        self.alpha_c = alpha_c
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.att_feat = nn.Linear(feature_dim, attention_dim)  # W_a
+        self.att_hidden = nn.Linear(hidden_dim, attention_dim)  # W_h
+        self.att_score = nn.Linear(attention_dim, 1)  # w
+        self.init_h = nn.Linear(feature_dim, hidden_dim)
+        self.init_c = nn.Linear(feature_dim, hidden_dim)
+        self.f_beta = nn.Linear(hidden_dim, 1)
+        self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
+        self.out_hidden = nn.Linear(hidden_dim, embed_dim)  # L_h
+        self.out_context = nn.Linear(feature_dim, embed_dim)  # L_z
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(embed_dim, vocab_size)  # L_o
+
+    def encode(self, feats: Features) -> State:
+        grid = feats["grid"]  # [B, L, C]
+        return {"grid": grid, "att_proj": self.att_feat(grid)}  # att_proj: [B, L, A], computed once
+
+    def init_state(self, ctx: State) -> State:
+        mean = ctx["grid"].mean(dim=1)  # [B, C]
+        return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}  # [B, H] each
+
+    def attend(self, ctx: State, h: Tensor) -> Tensor:
+        scores = self.att_score(torch.tanh(ctx["att_proj"] + self.att_hidden(h).unsqueeze(1)))  # [B, L, 1]
+        return torch.softmax(scores.squeeze(2), dim=1)  # [B, L]
+
+    def context(self, ctx: State, alpha: Tensor, state: State) -> tuple[Tensor, State]:
+        """Soft attention: the expected annotation vector under alpha."""
+        return torch.bmm(alpha.unsqueeze(1), ctx["grid"]).squeeze(1), state  # [B, C]
+
+    def step_logits(self, ctx: State, state: State, prev: Tensor) -> tuple[Tensor, State, Tensor]:
+        h, c = state["h"], state["c"]
+        emb = self.embed(prev)  # [B, E]
+        alpha = self.attend(ctx, h)  # [B, L]
+        z, state = self.context(ctx, alpha, state)  # [B, C]
+        z = torch.sigmoid(self.f_beta(h)) * z  # gating scalar beta_t
+        h, c = self.lstm(torch.cat([emb, z], dim=1), (h, c))  # [B, H]
+        out = torch.tanh(emb + self.out_hidden(h) + self.out_context(z))  # [B, E]
+        new_state = {k: v for k, v in state.items() if k not in ("h", "c")}
+        new_state.update(h=h, c=c)
+        return self.fc(self.dropout(out)), new_state, alpha  # [B, V]
+
+    def extra_losses(self, out: dict, nll: Tensor, mask: Tensor, n_tokens: Tensor) -> dict[str, Tensor]:
+        alphas = out["alphas"] * mask.unsqueeze(2)  # [B, T, L], padded steps zeroed
+        coverage = alphas.sum(dim=1)  # [B, L]
+        terms = {"alpha_reg": self.alpha_c * ((1.0 - coverage) ** 2).mean()}
+        terms["log_entropy"] = _entropy(out["alphas"], mask, n_tokens).detach()
+        return terms
+
+
+def _entropy(alphas: Tensor, mask: Tensor, n_tokens: Tensor) -> Tensor:
+    """Mean attention entropy (nats) over the real (unpadded) words."""
+    ent = -(alphas * torch.log(alphas.clamp(min=1e-12))).sum(dim=2)  # [B, T]
+    return (ent * mask).sum() / n_tokens

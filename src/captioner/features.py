@@ -1,0 +1,365 @@
+"""Feature cache: run the (frozen) encoder once per dataset and keep its outputs on disk.
+
+One directory per (dataset, encoder, weights, input size, grid)::
+
+    <root>/features/<fingerprint>-<encoder>-<weights>-s<input>-g<grid>/
+        meta.json    encoder.describe(), image names in row order, fingerprint, failed images, complete flag
+        grid.npy     float16 [N, grid_size**2, grid_dim]   (memory-mapped)
+        global.npy   float16 [N, global_dim]
+        done.npy     bool [N]: rows written so far (flushed after every batch)
+
+Extraction is resumable: an interrupted run leaves ``complete: false`` and its finished rows marked in
+``done.npy``; running it again computes only the missing rows. Images that cannot be read do not stop it:
+they are listed in meta.json ``failed`` (their rows stay zero, ``done`` False) so training can skip them;
+the next run tries them again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from captioner.data.records import ImageRecord
+from captioner.encoders.base import Encoder
+from captioner.errors import CaptionerError, file_error
+from captioner.io import write_json_atomic
+
+META, GRID, GLOBAL, DONE = "meta.json", "grid.npy", "global.npy", "done.npy"
+DTYPE = np.float16
+FORMAT_VERSION = 1
+
+
+def default_cache_root() -> Path:
+    """``$CAPTIONER_CACHE``, else ``~/.cache/captioner``."""
+    return Path(os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner")
+
+
+def cache_dir_for(dataset_fingerprint: str, encoder: Encoder, root: str | Path | None = None) -> Path:
+    """``<root>/features/<fingerprint>-<name>-<weights>-s<input>-g<grid>`` (name gets ``.<layer>`` if set)."""
+    d = encoder.describe()
+    key = f"{dataset_fingerprint}-{_encoder_label(d)}-{d['weights']}-s{d['input_size']}-g{d['grid_size']}"
+    return Path(root or default_cache_root()) / "features" / key
+
+
+# -- reading a cache ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FeatureCache:
+    """A finished cache, memory-mapped read-only: ``grid[row]`` is ``[L, C]``, ``global_[row]`` is ``[D]``."""
+
+    directory: Path
+    meta: dict
+    grid: np.ndarray  # float16 [N, L, C]
+    global_: np.ndarray  # float16 [N, D]
+    names: list[str] = field(init=False)
+    index: dict[str, int] = field(init=False)
+    failed: dict[str, str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.names = list(self.meta["names"])
+        self.index = {name: row for row, name in enumerate(self.names)}
+        self.failed = dict(self.meta.get("failed", {}))
+
+    @classmethod
+    def open(cls, out_dir: str | Path, expect: dict | None = None) -> FeatureCache:
+        """Open a complete cache; ``expect`` (``encoder.describe()``, optionally + ``fingerprint``) must match."""
+        out_dir = Path(out_dir)
+        meta = read_meta(out_dir)
+        if expect is not None:
+            check_matches(out_dir, meta, expect)
+        if not meta.get("complete"):
+            raise file_error(out_dir, "feature extraction did not finish; re-run `captioner features` to resume it")
+        n, enc = len(meta["names"]), meta["encoder"]
+        grid = _open_array(out_dir / GRID, (n, enc["grid_size"] ** 2, enc["grid_dim"]), DTYPE)
+        global_ = _open_array(out_dir / GLOBAL, (n, enc["global_dim"]), DTYPE)
+        return cls(out_dir, meta, grid, global_)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def rows(self, names: Sequence[str]) -> list[int]:
+        """Row numbers of ``names``; unknown or failed images are an error (skip ``failed`` ones first)."""
+        missing = [n for n in names if n not in self.index]
+        if missing:
+            raise file_error(self.directory, f"{len(missing)} images are not in this feature cache "
+                             f"(e.g. {missing[0]}); re-extract features for this dataset")
+        unusable = [n for n in names if n in self.failed]
+        if unusable:
+            raise file_error(self.directory, f"{len(unusable)} images failed to load during extraction "
+                             f"(e.g. {unusable[0]}: {self.failed[unusable[0]]}); leave them out")
+        return [self.index[n] for n in names]
+
+    def load_all(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The whole cache in RAM: ``(global [N, D], grid [N, L, C])``, same order as ``forward``."""
+        global_ = torch.from_numpy(np.array(self.global_)).to(dtype)  # [N, D]
+        grid = torch.from_numpy(np.array(self.grid)).to(dtype)  # [N, L, C]
+        return global_, grid
+
+
+def read_meta(out_dir: Path) -> dict:
+    path = out_dir / META
+    if not path.is_file():
+        raise file_error(out_dir, "no feature cache here (meta.json missing); run `captioner features` first")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise file_error(path, f"unreadable feature-cache metadata ({e}); delete the directory and re-extract") from e
+
+
+def check_matches(out_dir: Path, meta: dict, expect: dict) -> None:
+    """Refuse a cache made with another encoder, weights, size, grid or dataset than ``expect``."""
+    made = _made(meta)
+    expect = json.loads(json.dumps(expect))  # tuples -> lists, as stored
+    differs = [k for k, v in expect.items() if made.get(k) != v]
+    if differs:
+        show_fp = "fingerprint" in differs
+        raise file_error(out_dir, f"feature cache was made with {_summary(made, show_fp)}, but the config asks "
+                         f"for {_summary(expect, show_fp)} (differs in {', '.join(differs)}); "
+                         "use another --cache or re-extract")
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise file_error(path, f"unreadable feature array ({e}); re-run `captioner features`") from e
+    if array.shape != shape or array.dtype != dtype:
+        raise file_error(path, f"holds {array.dtype} {array.shape}, meta.json says {np.dtype(dtype)} {shape}; "
+                         "re-extract")
+    return array
+
+
+# -- extraction ---------------------------------------------------------------------------------------
+
+
+def get_or_extract(records: Sequence[ImageRecord], encoder: Encoder, root: str | Path | None = None, *,
+                   fingerprint: str, out_dir: str | Path | None = None, **kw) -> FeatureCache:
+    """The cache for these images and this encoder: opened if complete, else extracted (or resumed).
+
+    ``out_dir`` defaults to :func:`cache_dir_for`; ``kw`` go to :func:`extract_features`.
+    """
+    out_dir = Path(out_dir) if out_dir else cache_dir_for(fingerprint, encoder, root)
+    if (out_dir / META).is_file():
+        meta = read_meta(out_dir)
+        check_matches(out_dir, meta, {**encoder.describe(), "fingerprint": fingerprint})
+        if meta.get("complete") and set(meta["names"]) >= {r.name for r in records}:
+            return FeatureCache.open(out_dir)
+    return extract_features(records, encoder, out_dir, fingerprint=fingerprint, **kw)
+
+
+def extract_features(records: Sequence[ImageRecord], encoder: Encoder, out_dir: str | Path, *,
+                     batch_size: int = 32, num_workers: int = 0, device: str | torch.device = "cpu",
+                     progress: bool = True, fingerprint: str | None = None,
+                     overwrite: bool = False) -> FeatureCache:
+    """Encode every image of ``records`` into ``out_dir`` (resuming a previous run there) and open it.
+
+    A directory holding another encoder's or dataset's features is refused unless ``overwrite``.
+    Images decode in ``num_workers`` DataLoader processes (0: in this process). On CUDA the encoder runs
+    under fp16 autocast. The encoder's mode and device are restored afterwards.
+    """
+    out_dir = Path(out_dir)
+    paths = unique_images(records)
+    names = list(paths)
+    meta, resume = _start_meta(out_dir, encoder, names, fingerprint, overwrite)
+    arrays = _Arrays.open_or_create(out_dir, len(names), encoder, fresh=not resume)
+    todo = np.flatnonzero(~arrays.done).tolist()
+    images = _ImageFiles([paths[names[row]] for row in todo], todo, encoder.preprocess)
+    failed = _encode_all(encoder, images, arrays, batch_size, num_workers, torch.device(device), progress)
+    write_json_atomic(out_dir / META, {**meta, "failed": failed, "complete": True})
+    _report_failures(out_dir, failed)
+    return FeatureCache.open(out_dir)
+
+
+def unique_images(records: Sequence[ImageRecord]) -> dict[str, Path]:
+    """Image name -> path, in record order; one file listed twice counts once, two files one name is an error."""
+    paths: dict[str, Path] = {}
+    for record in records:
+        seen = paths.setdefault(record.name, record.image)
+        if Path(seen) != Path(record.image):
+            raise CaptionerError(f"two images share the name {record.name!r} ({seen} and {record.image}); "
+                                 "the feature cache indexes images by file name")
+    return paths
+
+
+def _start_meta(out_dir: Path, encoder: Encoder, names: list[str], fingerprint: str | None,
+                overwrite: bool) -> tuple[dict, bool]:
+    """Write meta.json (incomplete); also say whether the arrays already there belong to it (resume)."""
+    meta = {"format": FORMAT_VERSION, "encoder": encoder.describe(), "fingerprint": fingerprint,
+            "count": len(names), "names": names, "dtype": np.dtype(DTYPE).name, "failed": {}, "complete": False}
+    resume = False
+    if (out_dir / META).is_file():
+        old = read_meta(out_dir)
+        resume = all(old.get(k) == meta[k] for k in ("encoder", "fingerprint", "names", "dtype"))
+        if not resume and not overwrite:
+            raise file_error(out_dir, f"holds features of {_summary(_made(old), True)} for other images or settings; "
+                             "delete it, choose another directory, or pass overwrite=True")
+    write_json_atomic(out_dir / META, meta)
+    return meta, resume
+
+
+@dataclass
+class _Arrays:
+    """The three writable memory-mapped arrays of a cache being filled."""
+
+    grid: np.ndarray
+    global_: np.ndarray
+    done: np.ndarray
+
+    @classmethod
+    def open_or_create(cls, out_dir: Path, n: int, encoder: Encoder, fresh: bool) -> _Arrays:
+        specs = {GRID: ((n, encoder.grid_size**2, encoder.grid_dim), DTYPE),
+                 GLOBAL: ((n, encoder.global_dim), DTYPE),
+                 DONE: ((n,), np.bool_)}
+        keep = not fresh and all(_array_fits(out_dir / f, *spec) for f, spec in specs.items())
+        if not keep:  # new files (not truncated ones): whoever still maps the old ones keeps valid data
+            for f in specs:
+                (out_dir / f).unlink(missing_ok=True)
+        arrays = {f: np.lib.format.open_memmap(out_dir / f, mode="r+" if keep else "w+", dtype=dtype, shape=shape)
+                  for f, (shape, dtype) in specs.items()}  # "w+" starts all zero
+        return cls(arrays[GRID], arrays[GLOBAL], arrays[DONE])
+
+    def store(self, rows: list[int], global_: np.ndarray, grid: np.ndarray) -> None:
+        """Write rows, flush them, and only then mark them done (a crash never marks unwritten rows)."""
+        self.grid[rows] = grid.astype(DTYPE)
+        self.global_[rows] = global_.astype(DTYPE)
+        self.grid.flush()
+        self.global_.flush()
+        self.done[rows] = True
+        self.done.flush()
+
+
+def _array_fits(path: Path, shape: tuple[int, ...], dtype) -> bool:
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return array.shape == shape and array.dtype == dtype
+
+
+class _Item(NamedTuple):
+    row: int
+    name: str
+    image: Tensor | None  # [3, S, S], None when the file could not be read
+    error: str | None
+
+
+class _Batch(NamedTuple):
+    rows: list[int]
+    images: Tensor | None  # [b, 3, S, S]: the readable images only
+    errors: dict[str, str]
+    size: int
+
+
+class _ImageFiles(Dataset):
+    """Decodes and preprocesses one image per item; unreadable files become an error message."""
+
+    def __init__(self, paths: list[Path], rows: list[int], preprocess: Callable) -> None:
+        self.paths, self.rows, self.preprocess = paths, rows, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> _Item:
+        from captioner.data.images import load_image
+
+        path = Path(self.paths[i])
+        try:
+            return _Item(self.rows[i], path.name, self.preprocess(load_image(path)), None)
+        except (CaptionerError, OSError, ValueError) as e:
+            return _Item(self.rows[i], path.name, None, str(e))
+
+
+def _collate(items: list[_Item]) -> _Batch:
+    ok = [it for it in items if it.image is not None]
+    images = torch.stack([it.image for it in ok]) if ok else None  # [b, 3, S, S]
+    errors = {it.name: it.error for it in items if it.image is None}
+    return _Batch([it.row for it in ok], images, errors, len(items))
+
+
+def _encode_all(encoder: Encoder, images: _ImageFiles, arrays: _Arrays, batch_size: int, num_workers: int,
+                device: torch.device, progress: bool) -> dict[str, str]:
+    """Run the encoder over ``images`` batch by batch, storing rows as they come; returns the failures."""
+    loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
+                        pin_memory=device.type == "cuda")
+    failed: dict[str, str] = {}
+    with _encoder_on(encoder, device), _progress_bar(progress, len(images)) as advance:
+        for batch in loader:
+            failed.update(batch.errors)
+            if batch.images is not None:
+                arrays.store(batch.rows, *_encode(encoder, batch.images, device))
+            advance(batch.size)
+    return failed
+
+
+def _encode(encoder: Encoder, images: Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        global_, grid = encoder(images)  # [b, D], [b, L, C]
+    return global_.float().cpu().numpy(), grid.float().cpu().numpy()
+
+
+@contextmanager
+def _encoder_on(encoder: Encoder, device: torch.device) -> Iterator[None]:
+    """Eval mode on ``device`` for the duration; the previous mode and device come back afterwards."""
+    was_training = encoder.training
+    old_device = next(encoder.parameters()).device
+    encoder.eval().to(device)
+    try:
+        yield
+    finally:
+        encoder.train(was_training).to(old_device)
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar (or nothing); yields ``advance(n)``."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("features"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+               TimeRemainingColumn())
+    with Progress(*columns) as bar:
+        task = bar.add_task("features", total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _report_failures(out_dir: Path, failed: dict[str, str], shown: int = 3) -> None:
+    if not failed:
+        return
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    console.print(f"{len(failed)} image(s) could not be read and were skipped "
+                  f"(listed under 'failed' in {out_dir / META}):", style="yellow", markup=False)
+    for message in list(failed.values())[:shown]:
+        console.print(f"  {message}", markup=False, highlight=False)
+    if len(failed) > shown:
+        console.print(f"  ... and {len(failed) - shown} more", markup=False)
+
+
+def _made(meta: dict) -> dict:
+    """What a cache was made with: ``encoder.describe()`` + ``fingerprint``, from its meta.json."""
+    return {**meta.get("encoder", {}), "fingerprint": meta.get("fingerprint")}
+
+
+def _encoder_label(d: dict) -> str:
+    return d["name"] + (f".{d['layer']}" if d.get("layer") else "")
+
+
+def _summary(d: dict, with_fingerprint: bool = False) -> str:
+    """E.g. ``efficientnet_lite0 (imagenet) s224 g7`` (+ ``for dataset <fingerprint>``)."""
+    text = f"{_encoder_label(d)} ({d.get('weights')}) s{d.get('input_size')} g{d.get('grid_size')}"
+    return text + (f" for dataset {d.get('fingerprint')}" if with_fingerprint else "")

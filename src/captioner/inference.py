@@ -1,0 +1,102 @@
+"""Using a trained model: caption image files, decode cached features, score a split."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from captioner.checkpoint import CaptionModel
+from captioner.decoding import Hypothesis, beam_search
+from captioner.encoders import create_encoder
+from captioner.errors import CaptionerError
+from captioner.io import write_json_atomic
+from captioner.metrics.coco import METRIC_NAMES, score_corpus
+
+log = logging.getLogger("captioner")
+
+
+def model_encoder(model: CaptionModel, weights: str | None = None):
+    """The encoder a model was trained on (same name, weights, input size and grid)."""
+    e = model.config.encoder
+    return create_encoder(e.name, weights=weights or e.weights,
+                          input_size=model.encoder.get("input_size", e.input_size),
+                          grid_size=model.encoder.get("grid_size", e.grid_size), layer=e.layer)
+
+
+def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
+                   max_len: int = 30, length_penalty: float = 0.0, batch_size: int = 100) -> list[Hypothesis]:
+    """Beam-search every row of ``features`` ({"global": [N, D], "grid": [N, L, C]}), ``batch_size`` at a time."""
+    n = next(iter(features.values())).size(0)
+    hyps: list[Hypothesis] = []
+    for i in range(0, n, batch_size):
+        batch = {k: v[i : i + batch_size].float() for k, v in features.items()}
+        hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+                            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+    return hyps
+
+
+def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
+                  batch_size: int = 16, encoder=None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Caption image files. Returns (results, failures); a bad file is reported, the rest still captioned."""
+    from captioner.data.images import load_image
+
+    encoder = encoder or model_encoder(model)
+    encoder.freeze()
+    results, failures = [], []
+    good: list[tuple[str, torch.Tensor]] = []
+    for p in paths:
+        try:
+            good.append((str(p), encoder.preprocess(load_image(p))))
+        except CaptionerError as e:
+            failures.append((str(p), str(e)))
+    for i in range(0, len(good), batch_size):
+        chunk = good[i : i + batch_size]
+        with torch.inference_mode():
+            global_, grid = encoder(torch.stack([x for _, x in chunk]))
+        hyps = decode_batches(model, {"global": global_, "grid": grid}, beam_size, max_len,
+                              model.config.decode.length_penalty)
+        for (path, _), hyp in zip(chunk, hyps, strict=True):
+            results.append(hypothesis_dict(model, hyp) | {"image": path})
+    return results, failures
+
+
+def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
+    words = model.vocab.decode(hyp.tokens)
+    out = {"caption": " ".join(words), "tokens": words, "score": hyp.score, "finished": hyp.finished}
+    if hyp.alphas is not None:
+        out["attention"] = hyp.alphas.tolist()
+    if hyp.locs is not None:
+        out["locations"] = hyp.locs
+    return out
+
+
+def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
+             cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
+             metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
+             progress: bool = True) -> dict:
+    """Caption every image of a split from the feature cache and score it with coco-caption."""
+    from captioner.training.train import load_features
+
+    dataset, records, encoder, cache = load_features(model.config, data, cache_root, progress)
+    chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+    if not chosen:
+        raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
+    if limit:
+        chosen = chosen[:limit]
+    global_t, grid_t = cache.load_all()
+    rows = torch.tensor([cache.index[r.name] for r in chosen])
+    feats = {"global": global_t[rows], "grid": grid_t[rows]}
+    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
+    candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
+    references = {r.name: r.captions_raw for r in chosen}
+    corpus, per_image = score_corpus(candidates, references, metrics=metrics, tokenizer=tokenizer)
+    report = {
+        "data": str(data), "split": split, "images": len(chosen), "beam_size": beam_size,
+        "metrics": {k: corpus[k] for k in METRIC_NAMES if k in corpus},
+        "skipped": sorted(cache.failed),
+        "captions": [{"image": r.name, "caption": candidates[r.name], "references": references[r.name],
+                      "scores": per_image[r.name]} for r in chosen],
+    }
+    if out:
+        write_json_atomic(out, report)
+    return report

@@ -1,0 +1,94 @@
+"""Batches for training and validation, from the feature cache held in memory.
+
+Training iterates over (image, caption) pairs; validation over images (each decoded once and scored
+against all its references). Batches are gathered with one tensor index per batch, not per item.
+"""
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from captioner.data.records import ImageRecord
+from captioner.data.vocab import Vocab
+
+
+def encode_captions(records: list[ImageRecord], rows: list[int], vocab: Vocab,
+                    max_len: int) -> tuple[Tensor, Tensor]:
+    """All captions of ``records`` as padded ids [N, T] (<start> w1 .. wn <end>), with their feature rows [N]."""
+    ids, owner = [], []
+    for record, row in zip(records, rows, strict=True):
+        for tokens in record.captions:
+            if tokens:
+                ids.append(vocab.encode(tokens[:max_len]))
+                owner.append(row)
+    width = max(len(x) for x in ids)
+    captions = torch.full((len(ids), width), vocab.pad_id, dtype=torch.long)  # [N, T]
+    for i, x in enumerate(ids):
+        captions[i, : len(x)] = torch.tensor(x)
+    return captions, torch.tensor(owner, dtype=torch.long)
+
+
+class CaptionBatches(Dataset):
+    """Item i of this dataset is a whole batch: the list of caption indices given by the batch sampler."""
+
+    def __init__(self, features: dict[str, Tensor], captions: Tensor, rows: Tensor):
+        self.features, self.captions, self.rows = features, captions, rows
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: list[int]) -> dict:
+        index_t = torch.as_tensor(index)
+        caps = self.captions[index_t]  # [B, T_max]
+        width = int((caps != 0).sum(1).max())
+        rows = self.rows[index_t]
+        feats = {k: v[rows].float() for k, v in self.features.items()}  # fp16 cache -> fp32
+        return {"feats": feats, "captions": caps[:, :width]}
+
+
+class ImageBatches(Dataset):
+    """Validation/evaluation: item i is a batch of images (feature rows) with their keys."""
+
+    def __init__(self, features: dict[str, Tensor], rows: list[int], keys: list[str]):
+        self.features, self.rows, self.keys = features, rows, keys
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: list[int]) -> dict:
+        rows = torch.as_tensor([self.rows[i] for i in index])
+        return {"feats": {k: v[rows].float() for k, v in self.features.items()},
+                "keys": [self.keys[i] for i in index]}
+
+
+class ShuffledBatches(Sampler[list[int]]):
+    """Shuffled batches whose order depends only on (seed, epoch): a resumed run sees the same batches."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+        self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=gen).tolist()
+        else:
+            order = list(range(self.n))
+        for i in range(0, self.n, self.batch_size):
+            yield order[i : i + self.batch_size]
+
+
+def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
+                 num_workers: int = 0) -> DataLoader:
+    sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle)
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                      collate_fn=_identity)
+
+
+def _identity(batch):
+    return batch

@@ -1,0 +1,67 @@
+"""The LightningModule: teacher-forced training, DECODED validation (beam search + coco-caption metrics).
+
+Model selection, early stopping and the LR schedule all watch ``val/bleu4`` or ``val/cider`` computed
+from captions the model actually generates, never from teacher-forced argmax predictions.
+"""
+
+import lightning as L
+import torch
+
+from captioner.config import Config
+from captioner.data.vocab import Vocab
+from captioner.decoders import build_decoder
+from captioner.decoding import beam_search
+from captioner.metrics.coco import score_corpus
+
+
+class CaptionModule(L.LightningModule):
+    def __init__(self, config: dict, vocab: dict, global_dim: int, grid_dim: int, encoder: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()  # plain dicts and ints: checkpoints load with weights_only=True
+        self.cfg = Config.from_dict(config)
+        self.vocab = Vocab.from_dict(vocab)
+        self.decoder = build_decoder(self.cfg.model, len(self.vocab), global_dim, grid_dim)
+        self.val_references: dict[str, list[str]] = {}  # image key -> raw reference captions
+        self._val_captions: dict[str, str] = {}
+
+    # ---- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.decoder.loss(batch["feats"], batch["captions"])
+        size = batch["captions"].size(0)
+        for name, value in terms.items():
+            self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,
+                     prog_bar=name == "loss")
+        return terms["loss"]
+
+    # ---- decoded validation ---------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_captions = {}
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        t = self.cfg.train
+        hyps = beam_search(self.decoder, batch["feats"], self.vocab.start_id, self.vocab.end_id,
+                           beam_size=t.val_beam_size, max_len=t.val_max_len,
+                           length_penalty=self.cfg.decode.length_penalty)
+        for key, hyp in zip(batch["keys"], hyps, strict=True):
+            self._val_captions[key] = " ".join(self.vocab.decode(hyp.tokens))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_captions or not self.val_references:
+            return
+        refs = {k: self.val_references[k] for k in self._val_captions}
+        scores, _ = score_corpus(self._val_captions, refs, metrics=("bleu", "cider"), tokenizer="python")
+        self.log("val/bleu4", scores["BLEU-4"], prog_bar=True)
+        self.log("val/bleu1", scores["BLEU-1"])
+        self.log("val/cider", scores["CIDEr-D"], prog_bar=True)
+        lengths = [len(c.split()) for c in self._val_captions.values()]
+        self.log("val/mean_length", sum(lengths) / len(lengths))
+        self.log("val/distinct_words", float(len({w for c in self._val_captions.values() for w in c.split()})))
+
+    # ---- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self):
+        t = self.cfg.train
+        optimizer = torch.optim.Adam(self.decoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{t.monitor}", "interval": "epoch"}}

@@ -1,0 +1,134 @@
+"""Train a captioner from a config: dataset -> feature cache -> vocab -> Lightning fit -> model file.
+
+A run folder holds everything about one training run:
+    config.yaml  vocab.json  checkpoints/{best,last}.ckpt  metrics.csv (CSV logs)  tb/ (TensorBoard)
+    model.pt     the best checkpoint exported as state_dict + vocab + config (what `captioner caption` loads)
+"""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from captioner.checkpoint import CaptionModel, save_model
+from captioner.config import Config
+from captioner.data.readers import dataset_fingerprint, load_dataset
+from captioner.data.vocab import Vocab
+from captioner.encoders import create_encoder
+from captioner.errors import CaptionerError
+from captioner.features import get_or_extract
+from captioner.io import write_text_atomic
+from captioner.training.data import CaptionBatches, ImageBatches, batch_loader, encode_captions
+from captioner.training.module import CaptionModule
+
+log = logging.getLogger("captioner")
+
+
+def build_encoder(cfg: Config):
+    e = cfg.encoder
+    return create_encoder(e.name, weights=e.weights, input_size=e.input_size, grid_size=e.grid_size, layer=e.layer)
+
+
+def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None = None, progress: bool = True):
+    """Read the dataset and open (or build) its feature cache for the config's encoder."""
+    dataset = load_dataset(data)
+    records = [r for r in dataset.records if r.split]
+    encoder = build_encoder(cfg)
+    cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
+                           progress=progress)
+    return dataset, records, encoder, cache
+
+
+def _split_rows(records, cache, split):
+    chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+    return chosen, [cache.index[r.name] for r in chosen]
+
+
+def _precision(cfg: Config) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records) -> Vocab:
+    config_file, vocab_file = out_dir / "config.yaml", out_dir / "vocab.json"
+    if resume:
+        if not vocab_file.exists():
+            raise CaptionerError(f"{out_dir}: nothing to resume (no vocab.json); start without --resume")
+        saved = yaml.safe_load(config_file.read_text())
+        if saved != cfg.to_dict():
+            raise CaptionerError(f"{config_file}: the run was started with a different config; "
+                                 "resume with the same config or use another --out")
+        return Vocab.load(vocab_file)
+    if (out_dir / "checkpoints" / "last.ckpt").exists():
+        raise CaptionerError(f"{out_dir}: holds a previous run; pass --resume to continue it or use another --out")
+    vocab = Vocab.build((c for r in train_records for c in r.captions), min_freq=cfg.data.min_word_freq)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    vocab.save(vocab_file)
+    return vocab
+
+
+def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | Path | None = None,
+          resume: bool = False, progress: bool = True) -> Path:
+    """Train the model a config describes; returns the path of the exported best model (model.pt)."""
+    out_dir = Path(out_dir)
+    t = cfg.train
+    L.seed_everything(t.seed, workers=True)
+    dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress)
+    train_records, train_rows = _split_rows(records, cache, "train")
+    val_records, val_rows = _split_rows(records, cache, "val")
+    if not train_records or not val_records:
+        raise CaptionerError(f"{data}: needs images in both a 'train' and a 'val' split "
+                             f"(found {dataset.splits()})")
+    if t.val_images:
+        val_records, val_rows = val_records[: t.val_images], val_rows[: t.val_images]
+    vocab = _prepare_run(cfg, out_dir, resume, train_records)
+
+    global_t, grid_t = cache.load_all()
+    features = {"global": global_t, "grid": grid_t}  # whole cache in memory (fp16)
+    captions, owners = encode_captions(train_records, train_rows, vocab, cfg.data.max_caption_len)
+    train_loader = batch_loader(CaptionBatches(features, captions, owners), t.batch_size, shuffle=True,
+                                seed=t.seed, num_workers=t.num_workers)
+    val_loader = batch_loader(ImageBatches(features, val_rows, [r.name for r in val_records]),
+                              max(t.batch_size, 50), shuffle=False)
+
+    desc = encoder.describe()
+    module = CaptionModule(cfg.to_dict(), vocab.to_dict(), encoder.global_dim, encoder.grid_dim, desc)
+    module.val_references = {r.name: r.captions_raw for r in val_records}
+    monitor = f"val/{t.monitor}"
+    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                           save_last=True, save_top_k=1, enable_version_counter=False)
+    callbacks = [best, EarlyStopping(monitor=monitor, mode="max", patience=t.early_stop_patience),
+                 LearningRateMonitor(logging_interval="epoch")]
+    if progress:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=_precision(cfg),
+        gradient_clip_val=t.grad_clip or None, deterministic=t.deterministic, callbacks=callbacks,
+        logger=[CSVLogger(out_dir, name="", version="logs"), TensorBoardLogger(out_dir, name="", version="tb")],
+        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir,
+        log_every_n_steps=max(1, min(50, len(train_loader) // 4)), num_sanity_val_steps=0)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
+    return export_best(best, module, out_dir, vocab, cfg, desc)
+
+
+def export_best(best: ModelCheckpoint, module: CaptionModule, out_dir: Path, vocab: Vocab, cfg: Config,
+                desc: dict) -> Path:
+    """Write the best checkpoint's decoder as ``model.pt`` (state_dict + vocab + config)."""
+    if best.best_model_path:
+        ckpt = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+        module.load_state_dict(ckpt["state_dict"])
+    score = best.best_model_score
+    metrics = {best.monitor: float(score)} if score is not None else {}
+    model = CaptionModel(module.decoder.cpu().eval(), vocab, cfg, desc, metrics)
+    path = save_model(out_dir / "model.pt", model)
+    log.info("best model (%s) written to %s", metrics, path)
+    return path

@@ -1,0 +1,31 @@
+import pytest
+import torch
+
+from captioner.config import ModelConfig
+from captioner.decoders import build_decoder
+
+VOCAB = 20  # ids 0..3 are <pad> <start> <end> <unk>
+GLOBAL_DIM, GRID_DIM, LOCATIONS = 24, 12, 9
+
+
+def small_decoder(kind: str, **overrides):
+    cfg = ModelConfig(type=kind, embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0, **overrides)
+    return build_decoder(cfg, VOCAB, GLOBAL_DIM, GRID_DIM)
+
+
+def random_feats(batch: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    return {"global": torch.randn(batch, GLOBAL_DIM, generator=gen),
+            "grid": torch.randn(batch, LOCATIONS, GRID_DIM, generator=gen)}
+
+
+def random_captions(batch: int, length: int = 7, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    caps = torch.randint(4, VOCAB, (batch, length), generator=gen)
+    caps[:, 0], caps[:, -1] = 1, 2
+    return caps
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,90 @@
+"""Model files: state_dict + vocab + config, weights_only loading, identical captions after a round trip."""
+
+import pickle
+
+import pytest
+import torch
+
+from captioner.checkpoint import CaptionModel, load_model, save_model
+from captioner.config import Config, ModelConfig
+from captioner.data.vocab import Vocab
+from captioner.decoding import beam_search
+from captioner.errors import CaptionerError
+from conftest import GLOBAL_DIM, GRID_DIM, random_feats, small_decoder
+
+WORDS = [["a", "red", "circle"], ["a", "blue", "square", "above", "a", "red", "circle"], ["green", "triangle"]]
+
+
+def _model(kind: str) -> CaptionModel:
+    vocab = Vocab.build(WORDS * 3 + [[f"w{i}" for i in range(6)]])
+    assert len(vocab) <= 20
+    cfg = Config(model=ModelConfig(type=kind, embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0))
+    dec = small_decoder(kind)
+    encoder = {"name": "tiny", "weights": "none", "input_size": 64, "grid_size": 3,
+               "global_dim": GLOBAL_DIM, "grid_dim": GRID_DIM}
+    # the test decoder has 20 output words; make the vocab match by padding with made-up words
+    itos = vocab.itos + [f"x{i}" for i in range(20 - len(vocab))]
+    vocab = Vocab.from_dict({**vocab.to_dict(), "itos": itos})
+    return CaptionModel(dec.eval(), vocab, cfg, encoder, {"val/bleu4": 0.5})
+
+
+def _captions(model: CaptionModel):
+    hyps = beam_search(model.decoder, random_feats(5), model.vocab.start_id, model.vocab.end_id, beam_size=3)
+    return [model.vocab.decode(h.tokens) for h in hyps]
+
+
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+def test_round_trip_gives_identical_captions(tmp_path, kind):
+    model = _model(kind)
+    path = save_model(tmp_path / "model.pt", model)
+    torch.load(path, weights_only=True)  # plain tensors and containers only
+    loaded = load_model(path)
+    assert loaded.vocab.itos == model.vocab.itos
+    assert loaded.config == model.config
+    assert loaded.metrics == {"val/bleu4": 0.5}
+    assert _captions(loaded) == _captions(model)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_foreign_or_tampered_files_are_refused(tmp_path, capsys):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "captioner-model/1", "payload": Evil()}, evil)
+    with pytest.raises(CaptionerError, match="evil.pt"):
+        load_model(evil)
+    assert "must never run" not in capsys.readouterr().out
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CaptionerError, match="junk.pt"):
+        load_model(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(CaptionerError, match="not a captioner model"):
+        load_model(other)
+    with pytest.raises(CaptionerError, match="no such model file"):
+        load_model(tmp_path / "missing.pt")
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CaptionerError, match="raw.pkl"):
+        load_model(raw)
+
+
+def test_state_dict_mismatch_is_a_clear_error(tmp_path):
+    model = _model("soft")
+    path = save_model(tmp_path / "model.pt", model)
+    obj = torch.load(path, weights_only=True)
+    obj["state_dict"]["fc.weight"] = torch.zeros(3, 3)
+    torch.save(obj, path)
+    with pytest.raises(CaptionerError, match="does not match"):
+        load_model(path)
+
+
+def test_half_precision_export_is_smaller_and_close(tmp_path):
+    model = _model("soft")
+    full = save_model(tmp_path / "full.pt", model)
+    half = save_model(tmp_path / "half.pt", model, half=True)
+    assert half.stat().st_size < full.stat().st_size
+    assert _captions(load_model(half)) == _captions(model)

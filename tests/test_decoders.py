@@ -1,0 +1,86 @@
+"""Decoders: input/target alignment, losses, and the hard-attention gradient."""
+
+import pytest
+import torch
+
+from conftest import random_captions, random_feats, small_decoder
+
+
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+def test_output_t_predicts_word_t_plus_1_from_word_t(kind):
+    """logits[:, t] is the prediction of captions[:, t+1]: it sees word t, and never a later word."""
+    dec = small_decoder(kind).eval()
+    feats, caps = random_feats(2), random_captions(2, length=8)
+    base = dec.teacher_forcing(feats, caps)["logits"]  # [B, 7, V]
+    for t in range(1, 7):
+        changed = caps.clone()
+        changed[:, t] = (changed[:, t] - 4 + 1) % 16 + 4  # another real word
+        logits = dec.teacher_forcing(feats, changed)["logits"]
+        assert torch.equal(logits[:, :t], base[:, :t]), "an output saw a word it has to predict"
+        assert not torch.allclose(logits[:, t], base[:, t]), "output t does not depend on word t"
+
+
+def test_nic_sees_the_image_before_start():
+    dec = small_decoder("nic").eval()
+    caps = random_captions(2)
+    a = dec.teacher_forcing(random_feats(2, seed=0), caps)["logits"]
+    b = dec.teacher_forcing(random_feats(2, seed=1), caps)["logits"]
+    assert not torch.allclose(a[:, 0], b[:, 0])  # the first word already depends on the image
+
+
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+def test_teacher_forcing_equals_stepping(kind):
+    dec = small_decoder(kind).eval()
+    feats, caps = random_feats(3), random_captions(3)
+    logits = dec.teacher_forcing(feats, caps)["logits"]
+    ctx = dec.encode(feats)
+    state = dec.init_state(ctx)
+    for t in range(caps.size(1) - 1):
+        logp, state, _ = dec.step(ctx, state, caps[:, t])
+        torch.testing.assert_close(logp, torch.log_softmax(logits[:, t], -1))
+
+
+def test_loss_ignores_padding():
+    dec = small_decoder("soft").eval()
+    feats, caps = random_feats(2), random_captions(2, length=8)
+    caps[1, 4] = 2
+    caps[1, 5:] = 0
+    loss_a = dec.loss(feats, caps)["nll"]
+    caps2 = caps.clone()
+    caps2[1, 5:] = 0  # same padding, differently sized batch tensor
+    loss_b = dec.loss(feats, torch.cat([caps2, torch.zeros(2, 3, dtype=torch.long)], 1))["nll"]
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def _attention_grad(dec):
+    dec.train()
+    dec.zero_grad()
+    dec.loss(random_feats(8), random_captions(8))["loss"].backward()
+    params = [dec.att_score.weight, dec.att_feat.weight, dec.att_hidden.weight]
+    return sum(float(p.grad.abs().sum()) if p.grad is not None else 0.0 for p in params)
+
+
+def test_hard_attention_gets_gradient_from_reinforce():
+    # every caption uses sampled locations, no regulariser: only the score-function term can reach alpha
+    dec = small_decoder("hard", expected_context_prob=0.0, alpha_c=0.0, entropy_weight=0.0, reinforce_weight=1.0)
+    assert _attention_grad(dec) > 0
+    dead = small_decoder("hard", expected_context_prob=0.0, alpha_c=0.0, entropy_weight=0.0, reinforce_weight=0.0)
+    assert _attention_grad(dead) == 0.0  # the known failure of hard attention without REINFORCE
+
+
+def test_hard_attention_entropy_term_and_baseline():
+    dec = small_decoder("hard", expected_context_prob=0.0, alpha_c=0.0, entropy_weight=0.1, reinforce_weight=0.0)
+    assert _attention_grad(dec) > 0
+    first = float(dec.baseline)
+    assert first < 0  # log p(y|s) of an untrained model
+    dec.loss(random_feats(8, seed=3), random_captions(8, seed=3))
+    assert float(dec.baseline) != first  # moving average moved
+
+
+def test_hard_attention_uses_one_location_at_inference():
+    dec = small_decoder("hard").eval()
+    feats = random_feats(2)
+    ctx = dec.encode(feats)
+    state = dec.init_state(ctx)
+    _, state, alpha = dec.step(ctx, state, torch.tensor([1, 1]))
+    assert torch.equal(state["loc"], alpha.argmax(1))
