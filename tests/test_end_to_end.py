@@ -21,7 +21,7 @@ SHAPES = {"circle", "square", "triangle"}
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    return make_synth(tmp_path_factory.mktemp("synth") / "data", n_train=500, n_val=60, n_test=80, seed=1)
+    return make_synth(tmp_path_factory.mktemp("synth") / "data", n_val=60, n_test=80, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,13 @@ def trained(synth, tmp_path_factory):
     return models, root / "cache"
 
 
-def shuffled_baseline(report: dict) -> float:
-    """BLEU-4 when every image gets the generated caption of another image."""
+def shuffled_baseline(report: dict) -> dict:
+    """Scores when every image gets the generated caption of another image."""
     caps = [c["caption"] for c in report["captions"]]
     random.Random(0).shuffle(caps)
     cands = {c["image"]: cap for c, cap in zip(report["captions"], caps, strict=True)}
     refs = {c["image"]: c["references"] for c in report["captions"]}
-    return score_corpus(cands, refs, metrics=("bleu",), tokenizer="python")[0]["BLEU-4"]
+    return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]
 
 
 @pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
@@ -50,9 +50,14 @@ def test_learns_far_above_shuffled_captions(trained, synth, kind, tmp_path):
     model = load_model(models[kind])
     report = evaluate(model, synth, "test", beam_size=3, cache_root=cache, tokenizer="python",
                       metrics=("bleu", "cider"), out=tmp_path / "report.json", progress=False)
-    bleu4, baseline = report["metrics"]["BLEU-4"], shuffled_baseline(report)
-    print(f"{kind}: test BLEU-4 {bleu4:.3f}, shuffled-caption baseline {baseline:.3f}")
-    assert bleu4 >= 0.5 and bleu4 >= baseline + 0.25
+    bleu4, cider = report["metrics"]["BLEU-4"], report["metrics"]["CIDEr-D"]
+    base = shuffled_baseline(report)
+    print(f"{kind}: test BLEU-4 {bleu4:.3f} CIDEr-D {cider:.2f}; shuffled captions: BLEU-4 {base['BLEU-4']:.3f} "
+          f"CIDEr-D {base['CIDEr-D']:.2f}")
+    # the captions share much of their wording ("a ... is to the left of a ..."), so a shuffled caption
+    # already gets BLEU-4 ~0.43; what it gets wrong (colours, shapes, relations) is what CIDEr-D weighs
+    assert bleu4 >= base["BLEU-4"] + 0.08
+    assert cider >= 1.5 * base["CIDEr-D"]
     assert json.loads((tmp_path / "report.json").read_text())["images"] == 80
 
 
@@ -75,17 +80,24 @@ def test_attention_looks_at_the_named_object(trained, synth, kind):
     rows = torch.tensor([features.index[r.name] for r in tests])
     hyps = beam_search(model.decoder, {"global": glob[rows].float(), "grid": grid[rows].float()},
                        model.vocab.start_id, model.vocab.end_id, beam_size=1, max_len=16)
-    mass, uniform = [], []
+    # While the model says "red circle", how much attention falls on the red circle, on the other
+    # object, and what would a uniform map give? (mean over the colour and the shape word)
+    named, other, uniform = [], [], []
     for record, hyp in zip(tests, hyps, strict=True):
         words = model.vocab.decode(hyp.tokens)
         for t in range(1, len(words)):
             if words[t] in SHAPES and words[t - 1] in COLOURS:
-                match = [o for o in objects[record.name] if o["shape"] == words[t] and o["color"] == words[t - 1]]
-                if match:
-                    cells = _cells(match[0]["box"])
-                    mass.append(float(hyp.alphas[t, cells].sum()))
+                objs = objects[record.name]
+                match = [o for o in objs if (o["color"], o["shape"]) == (words[t - 1], words[t])]
+                rest = [o for o in objs if (o["color"], o["shape"]) != (words[t - 1], words[t])]
+                if match and rest:
+                    cells, other_cells = _cells(match[0]["box"]), _cells(rest[0]["box"])
+                    named.append(float(hyp.alphas[t - 1 : t + 1, cells].sum()) / 2)
+                    other.append(float(hyp.alphas[t - 1 : t + 1, other_cells].sum()) / 2)
                     uniform.append(len(cells) / hyp.alphas.size(1))
-    assert len(mass) > 50
-    mean_mass, mean_uniform = sum(mass) / len(mass), sum(uniform) / len(uniform)
-    print(f"{kind}: attention mass on the named object {mean_mass:.2f} vs uniform {mean_uniform:.2f}")
-    assert mean_mass > 2 * mean_uniform
+    assert len(named) > 50
+    mean = {name: sum(v) / len(v) for name, v in [("named", named), ("other", other), ("uniform", uniform)]}
+    print(f"{kind}: attention mass on the named object {mean['named']:.2f}, on the other object "
+          f"{mean['other']:.2f}, uniform {mean['uniform']:.2f}")
+    assert mean["named"] > 2 * mean["uniform"]
+    assert mean["named"] > mean["other"]

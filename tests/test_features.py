@@ -88,7 +88,7 @@ def test_extracted_features_match_the_encoder(tmp_path, records, encoder):
     global_, grid = direct(encoder, records)
     assert cache.names == [r.name for r in records] and len(cache) == N_IMAGES
     assert cache.grid.shape == (N_IMAGES, 16, 130) and cache.grid.dtype == np.float16
-    assert cache.global_.shape == (N_IMAGES, 1024) and not cache.grid.flags.writeable
+    assert cache.global_.shape == (N_IMAGES, 2080) and not cache.grid.flags.writeable
     loaded_global, loaded_grid = cache.load_all()
     assert loaded_global.dtype == torch.float32 and cache.load_all(torch.float16)[1].dtype == torch.float16
     torch.testing.assert_close(loaded_grid, grid, atol=2e-3, rtol=2e-3)  # float16 storage

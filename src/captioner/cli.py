@@ -181,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    if args.command in ("features", "train", "evaluate"):
+        import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO when imported: quieten them after)
+
+        for noisy in ("lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(noisy).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         args.func(args)
     except CaptionerError as e:

@@ -15,13 +15,14 @@ class NICDecoder(Decoder):
                  dropout: float = 0.5, pad_id: int = 0):
         super().__init__(vocab_size, pad_id)
         self.image_embed = nn.Linear(feature_dim, embed_dim)
+        self.image_norm = nn.BatchNorm1d(embed_dim)  # CNN features vary little around a large mean
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTMCell(embed_dim, hidden_dim)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, vocab_size)
 
     def encode(self, feats: Features) -> State:
-        return {"image": self.dropout(self.image_embed(feats["global"]))}  # [B, E]
+        return {"image": self.dropout(self.image_norm(self.image_embed(feats["global"])))}  # [B, E]
 
     def init_state(self, ctx: State) -> State:
         image = ctx["image"]

@@ -6,6 +6,7 @@ A run folder holds everything about one training run:
 """
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,7 @@ from captioner.training.data import CaptionBatches, ImageBatches, batch_loader, 
 from captioner.training.module import CaptionModule
 
 log = logging.getLogger("captioner")
+warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14: harmless deprecation
 
 
 def build_encoder(cfg: Config):
