@@ -11,6 +11,7 @@ alpha_c * mean_i (1 - sum_t alpha_ti)^2 so that every location gets attention ov
 """
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.decoders.base import Decoder, Features, State
@@ -63,6 +64,43 @@ class SoftAttentionDecoder(Decoder):
         new_state = {k: v for k, v in state.items() if k not in ("h", "c")}
         new_state.update(h=h, c=c)
         return self.fc(self.dropout(out)), new_state, alpha  # [B, V]
+
+    def teacher_forcing(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
+        """The same computation as calling :meth:`step_logits` word by word, arranged for speed.
+
+        Only attention and the LSTM recurrence stay in the loop over words. Everything else is done for all
+        words at once, as a few large matrix products: the word embeddings' share of the LSTM gates, the deep
+        output layer and the projection onto the vocabulary (the encoder projection is already in ``ctx``).
+        """
+        ctx = self.encode(feats)
+        state = self.init_state(ctx)
+        emb = self.embed(captions[:, :-1])  # [B, T, E]
+        n_emb = emb.size(2)
+        lstm = self.lstm
+        gates_emb = F.linear(emb, lstm.weight_ih[:, :n_emb], lstm.bias_ih + lstm.bias_hh)  # [B, T, 4H]
+        w_rec = torch.cat([lstm.weight_ih[:, n_emb:], lstm.weight_hh], dim=1)  # [4H, C + H]
+        h, c = state["h"], state["c"]
+        hs, zs, alphas, locs = [], [], [], []
+        for t in range(emb.size(1)):
+            alpha = self.attend(ctx, h)  # [B, L]
+            z, state = self.context(ctx, alpha, state)  # [B, C]
+            z = torch.sigmoid(self.f_beta(h)) * z
+            gates = gates_emb[:, t] + F.linear(torch.cat([z, h], dim=1), w_rec)  # [B, 4H]
+            i, f, g, o = gates.chunk(4, dim=1)  # LSTMCell's gate order
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # [B, H]
+            h = torch.sigmoid(o) * torch.tanh(c)  # [B, H]
+            hs.append(h)
+            zs.append(z)
+            alphas.append(alpha)
+            if "loc" in state:
+                locs.append(state["loc"])
+        hidden, context = torch.stack(hs, 1), torch.stack(zs, 1)  # [B, T, H], [B, T, C]
+        out = torch.tanh(emb + self.out_hidden(hidden) + self.out_context(context))  # [B, T, E]
+        result = {"logits": self.fc(self.dropout(out)), "alphas": torch.stack(alphas, 1)}  # [B, T, V], [B, T, L]
+        if locs:
+            result["locs"] = torch.stack(locs, 1)  # [B, T]
+        result.update({k: v for k, v in ctx.items() if k.startswith("flag_")})
+        return result
 
     def extra_losses(self, out: dict, nll: Tensor, mask: Tensor, n_tokens: Tensor) -> dict[str, Tensor]:
         alphas = out["alphas"] * mask.unsqueeze(2)  # [B, T, L], padded steps zeroed
