@@ -27,6 +27,7 @@ class CaptionModel:
     config: Config
     encoder: dict  # the encoder's describe(): name, weights, input_size, grid_size, dims
     metrics: dict = field(default_factory=dict)
+    encoder_state: dict | None = None  # fine-tuned encoder weights (None: the encoder's own weights)
 
 
 def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Path:
@@ -42,7 +43,14 @@ def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Pat
         "grid_dim": int(model.encoder["grid_dim"]),
         "metrics": dict(model.metrics),
         "state_dict": state,
+        "encoder_state_dict": _cast(model.encoder_state, half),
     })
+
+
+def _cast(state: dict | None, half: bool) -> dict | None:
+    if state is None:
+        return None
+    return {k: v.half() if half and v.is_floating_point() else v for k, v in state.items()}
 
 
 def _read(path: Path) -> dict:
@@ -68,9 +76,12 @@ def load_model(path: str | Path) -> CaptionModel:
     if obj.get("format") == MODEL_FORMAT:
         hp, state = obj, obj["state_dict"]
         metrics = obj.get("metrics", {})
+        encoder_state = obj.get("encoder_state_dict")
     elif "hyper_parameters" in obj and "state_dict" in obj:  # Lightning checkpoint (best.ckpt / last.ckpt)
         hp = obj["hyper_parameters"]
         state = {k.removeprefix("decoder."): v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
+        encoder_state = {k.removeprefix("encoder."): v for k, v in obj["state_dict"].items()
+                         if k.startswith("encoder.")} or None
         metrics = {}
     else:
         raise file_error(path, "not a captioner model file (no 'format' or Lightning hyper_parameters)")
@@ -84,4 +95,6 @@ def load_model(path: str | Path) -> CaptionModel:
     decoder.eval()
     encoder = hp.get("encoder") or {"name": config.encoder.name, "weights": config.encoder.weights,
                                    "global_dim": hp["global_dim"], "grid_dim": hp["grid_dim"]}
-    return CaptionModel(decoder, vocab, config, dict(encoder), dict(metrics))
+    if encoder_state is not None:
+        encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state.items()}
+    return CaptionModel(decoder, vocab, config, dict(encoder), dict(metrics), encoder_state)

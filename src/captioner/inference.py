@@ -18,9 +18,13 @@ log = logging.getLogger("captioner")
 def model_encoder(model: CaptionModel, weights: str | None = None):
     """The encoder a model was trained on (same name, weights, input size and grid)."""
     e = model.config.encoder
-    return create_encoder(e.name, weights=weights or e.weights,
-                          input_size=model.encoder.get("input_size", e.input_size),
-                          grid_size=model.encoder.get("grid_size", e.grid_size), layer=e.layer)
+    fine_tuned = model.encoder_state is not None
+    encoder = create_encoder(e.name, weights="none" if fine_tuned else (weights or e.weights),
+                             input_size=model.encoder.get("input_size", e.input_size),
+                             grid_size=model.encoder.get("grid_size", e.grid_size), layer=e.layer)
+    if fine_tuned:  # the model carries its own encoder weights
+        encoder.load_state_dict(model.encoder_state)
+    return encoder
 
 
 def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
@@ -60,6 +64,29 @@ def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int =
     return results, failures
 
 
+def encode_images(encoder, records, batch_size: int = 32):
+    """Features of the records' images computed now (no cache). Returns (kept records, feats, failed names)."""
+    from captioner.data.images import load_image
+
+    encoder.freeze()
+    kept, tensors, failed = [], [], []
+    for r in records:
+        try:
+            tensors.append(encoder.preprocess(load_image(r.image)))
+            kept.append(r)
+        except CaptionerError:
+            failed.append(r.name)
+    globals_, grids = [], []
+    with torch.inference_mode():
+        for i in range(0, len(tensors), batch_size):
+            g, grid = encoder(torch.stack(tensors[i : i + batch_size]))
+            globals_.append(g)
+            grids.append(grid)
+    if not kept:
+        return kept, {}, failed
+    return kept, {"global": torch.cat(globals_), "grid": torch.cat(grids)}, failed
+
+
 def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
     words = model.vocab.decode(hyp.tokens)
     out = {"caption": " ".join(words), "tokens": words, "score": hyp.score, "finished": hyp.finished}
@@ -75,17 +102,23 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
              metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
              progress: bool = True) -> dict:
     """Caption every image of a split from the feature cache and score it with coco-caption."""
+    from captioner.data.readers import load_dataset
     from captioner.training.train import load_features
 
-    dataset, records, encoder, cache = load_features(model.config, data, cache_root, progress)
-    chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+    if model.encoder_state is not None:  # a fine-tuned encoder: its features are not in any cache
+        dataset = load_dataset(data)
+        chosen = [r for r in dataset.records if r.split == split][:limit]
+        chosen, feats, failed = encode_images(model_encoder(model), chosen)
+    else:
+        dataset, records, _, cache = load_features(model.config, data, cache_root, progress)
+        failed = sorted(cache.failed)
+        chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+        chosen = chosen[:limit] if limit else chosen
+        global_t, grid_t = cache.load_all()
+        rows = torch.tensor([cache.index[r.name] for r in chosen], dtype=torch.long)
+        feats = {"global": global_t[rows], "grid": grid_t[rows]}
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
-    if limit:
-        chosen = chosen[:limit]
-    global_t, grid_t = cache.load_all()
-    rows = torch.tensor([cache.index[r.name] for r in chosen])
-    feats = {"global": global_t[rows], "grid": grid_t[rows]}
     hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}
@@ -93,7 +126,7 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     report = {
         "data": str(data), "split": split, "images": len(chosen), "beam_size": beam_size,
         "metrics": {k: corpus[k] for k in METRIC_NAMES if k in corpus},
-        "skipped": sorted(cache.failed),
+        "skipped": failed,
         "captions": [{"image": r.name, "caption": candidates[r.name], "references": references[r.name],
                       "scores": per_image[r.name]} for r in chosen],
     }

@@ -92,3 +92,38 @@ def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
 
 def _identity(batch):
     return batch
+
+
+class ImageCaptionBatches(Dataset):
+    """Encoder fine-tuning: like :class:`CaptionBatches`, but yields preprocessed images, not cached features."""
+
+    def __init__(self, paths: list, preprocess, captions: Tensor, rows: Tensor):
+        self.paths, self.preprocess, self.captions, self.rows = paths, preprocess, captions, rows
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, index: list[int]) -> dict:
+        from captioner.data.images import load_image
+
+        index_t = torch.as_tensor(index)
+        caps = self.captions[index_t]
+        width = int((caps != 0).sum(1).max())
+        images = torch.stack([self.preprocess(load_image(self.paths[int(r)])) for r in self.rows[index_t]])
+        return {"images": images, "captions": caps[:, :width]}  # images: [B, 3, S, S]
+
+
+class ImageFileBatches(Dataset):
+    """Validation while fine-tuning: batches of preprocessed images with their keys."""
+
+    def __init__(self, paths: list, preprocess, keys: list[str]):
+        self.paths, self.preprocess, self.keys = paths, preprocess, keys
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: list[int]) -> dict:
+        from captioner.data.images import load_image
+
+        images = torch.stack([self.preprocess(load_image(self.paths[i])) for i in index])
+        return {"images": images, "keys": [self.keys[i] for i in index]}

@@ -23,10 +23,23 @@ class CaptionModule(L.LightningModule):
         self.decoder = build_decoder(self.cfg.model, len(self.vocab), global_dim, grid_dim)
         self.val_references: dict[str, list[str]] = {}  # image key -> raw reference captions
         self._val_captions: dict[str, str] = {}
+        self.encoder = None  # set by attach_encoder() when the encoder is fine-tuned
+
+    def attach_encoder(self, encoder) -> None:
+        """Fine-tuning: compute features from images in the loop and train the encoder too."""
+        self.encoder = encoder
+        for p in encoder.parameters():
+            p.requires_grad_(True)
+
+    def features(self, batch: dict) -> dict:
+        if "feats" in batch:
+            return batch["feats"]
+        global_, grid = self.encoder(batch["images"])  # [B, D], [B, L, C]
+        return {"global": global_, "grid": grid}
 
     # ---- training -------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.decoder.loss(batch["feats"], batch["captions"])
+        terms = self.decoder.loss(self.features(batch), batch["captions"])
         size = batch["captions"].size(0)
         for name, value in terms.items():
             self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,
@@ -39,7 +52,7 @@ class CaptionModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         t = self.cfg.train
-        hyps = beam_search(self.decoder, batch["feats"], self.vocab.start_id, self.vocab.end_id,
+        hyps = beam_search(self.decoder, self.features(batch), self.vocab.start_id, self.vocab.end_id,
                            beam_size=t.val_beam_size, max_len=t.val_max_len,
                            length_penalty=self.cfg.decode.length_penalty)
         for key, hyp in zip(batch["keys"], hyps, strict=True):
@@ -60,7 +73,10 @@ class CaptionModule(L.LightningModule):
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.cfg.train
-        optimizer = torch.optim.Adam(self.decoder.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        groups = [{"params": list(self.decoder.parameters()), "lr": t.lr}]
+        if self.encoder is not None:  # the encoder gets its own (smaller) learning rate
+            groups.append({"params": list(self.encoder.parameters()), "lr": self.cfg.encoder.lr})
+        optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
         return {"optimizer": optimizer,

@@ -23,7 +23,14 @@ from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.features import get_or_extract
 from captioner.io import write_text_atomic
-from captioner.training.data import CaptionBatches, ImageBatches, batch_loader, encode_captions
+from captioner.training.data import (
+    CaptionBatches,
+    ImageBatches,
+    ImageCaptionBatches,
+    ImageFileBatches,
+    batch_loader,
+    encode_captions,
+)
 from captioner.training.module import CaptionModule
 
 log = logging.getLogger("captioner")
@@ -83,9 +90,18 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     out_dir = Path(out_dir)
     t = cfg.train
     L.seed_everything(t.seed, workers=True)
-    dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress)
-    train_records, train_rows = _split_rows(records, cache, "train")
-    val_records, val_rows = _split_rows(records, cache, "val")
+    if cfg.encoder.finetune:  # features computed in the loop from the images
+        dataset = load_dataset(data)
+        records = [r for r in dataset.records if r.split]
+        encoder = build_encoder(cfg)
+        rows_of = {r.name: i for i, r in enumerate(records)}
+        train_records = [r for r in records if r.split == "train"]
+        val_records = [r for r in records if r.split == "val"]
+        train_rows, val_rows = [rows_of[r.name] for r in train_records], [rows_of[r.name] for r in val_records]
+    else:  # the default: encoder features from the cache
+        dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress)
+        train_records, train_rows = _split_rows(records, cache, "train")
+        val_records, val_rows = _split_rows(records, cache, "val")
     if not train_records or not val_records:
         raise CaptionerError(f"{data}: needs images in both a 'train' and a 'val' split "
                              f"(found {dataset.splits()})")
@@ -93,17 +109,25 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         val_records, val_rows = val_records[: t.val_images], val_rows[: t.val_images]
     vocab = _prepare_run(cfg, out_dir, resume, train_records)
 
-    global_t, grid_t = cache.load_all()
-    features = {"global": global_t, "grid": grid_t}  # whole cache in memory (fp16)
     captions, owners = encode_captions(train_records, train_rows, vocab, cfg.data.max_caption_len)
-    train_loader = batch_loader(CaptionBatches(features, captions, owners), t.batch_size, shuffle=True,
-                                seed=t.seed, num_workers=t.num_workers)
-    val_loader = batch_loader(ImageBatches(features, val_rows, [r.name for r in val_records]),
-                              max(t.batch_size, 50), shuffle=False)
+    val_keys = [r.name for r in val_records]
+    if cfg.encoder.finetune:
+        paths = [r.image for r in records]
+        train_set = ImageCaptionBatches(paths, encoder.preprocess, captions, owners)
+        val_set = ImageFileBatches([paths[i] for i in val_rows], encoder.preprocess, val_keys)
+    else:
+        global_t, grid_t = cache.load_all()
+        features = {"global": global_t, "grid": grid_t}  # whole cache in memory
+        train_set = CaptionBatches(features, captions, owners)
+        val_set = ImageBatches(features, val_rows, val_keys)
+    train_loader = batch_loader(train_set, t.batch_size, shuffle=True, seed=t.seed, num_workers=t.num_workers)
+    val_loader = batch_loader(val_set, max(t.batch_size, 50), shuffle=False, num_workers=t.num_workers)
 
     desc = encoder.describe()
     module = CaptionModule(cfg.to_dict(), vocab.to_dict(), encoder.global_dim, encoder.grid_dim, desc)
     module.val_references = {r.name: r.captions_raw for r in val_records}
+    if cfg.encoder.finetune:
+        module.attach_encoder(encoder)
     monitor = f"val/{t.monitor}"
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
                            save_last=True, save_top_k=1, enable_version_counter=False)
@@ -130,7 +154,10 @@ def export_best(best: ModelCheckpoint, module: CaptionModule, out_dir: Path, voc
         module.load_state_dict(ckpt["state_dict"])
     score = best.best_model_score
     metrics = {best.monitor: float(score)} if score is not None else {}
-    model = CaptionModel(module.decoder.cpu().eval(), vocab, cfg, desc, metrics)
+    encoder_state = None
+    if module.encoder is not None:  # fine-tuned: the encoder's weights belong to the model
+        encoder_state = {k: v.detach().cpu() for k, v in module.encoder.state_dict().items()}
+    model = CaptionModel(module.decoder.cpu().eval(), vocab, cfg, desc, metrics, encoder_state)
     path = save_model(out_dir / "model.pt", model)
     log.info("best model (%s) written to %s", metrics, path)
     return path
