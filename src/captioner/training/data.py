@@ -62,10 +62,19 @@ class ImageBatches(Dataset):
 
 
 class ShuffledBatches(Sampler[list[int]]):
-    """Shuffled batches whose order depends only on (seed, epoch): a resumed run sees the same batches."""
+    """Shuffled batches whose order depends only on (seed, epoch): a resumed run sees the same batches.
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True):
+    With ``lengths``, captions of similar length are batched together (within pools of 50 batches, then the
+    batches are shuffled), so little time is spent on padding: the loop over words runs to the longest
+    caption of the batch.
+    """
+
+    POOL = 50  # batches per length-sorting pool
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 lengths: Tensor | None = None):
         self.n, self.batch_size, self.seed, self.shuffle, self.epoch = n, batch_size, seed, shuffle, 0
+        self.lengths = lengths
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
         self.epoch = epoch
@@ -74,18 +83,29 @@ class ShuffledBatches(Sampler[list[int]]):
         return (self.n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=gen).tolist()
-        else:
+        if not self.shuffle:
             order = list(range(self.n))
-        for i in range(0, self.n, self.batch_size):
-            yield order[i : i + self.batch_size]
+            yield from (order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size))
+            return
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=gen)
+        if self.lengths is None:
+            batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.n, self.batch_size)]
+        else:
+            batches = []
+            pool = self.POOL * self.batch_size
+            for i in range(0, self.n, pool):
+                chunk = order[i : i + pool]
+                chunk = chunk[torch.argsort(self.lengths[chunk], stable=True)]  # similar lengths together
+                batches += [chunk[j : j + self.batch_size].tolist() for j in range(0, len(chunk), self.batch_size)]
+            batches = [batches[j] for j in torch.randperm(len(batches), generator=gen).tolist()]
+        yield from batches
 
 
 def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
                  num_workers: int = 0) -> DataLoader:
-    sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle)
+    lengths = (dataset.captions != 0).sum(1) if hasattr(dataset, "captions") else None  # [N] caption lengths
+    sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle, lengths)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                       collate_fn=_identity)
 
