@@ -23,13 +23,13 @@ from captioner.decoding import beam_search
 
 
 def make_decoder(vocab: int, channels: int, dim: int, steps: int):
-    """A soft-attention decoder briefly fitted to random 5-15 word captions (so <end> gets emitted)."""
+    """A soft-attention decoder briefly fitted to random 8-14 word captions (so <end> gets emitted)."""
     torch.manual_seed(0)
     dec = build_decoder(ModelConfig(type="soft", embed_dim=dim, hidden_dim=dim, attention_dim=dim, dropout=0.0),
                         vocab, channels, channels)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-3)
     for _ in range(steps):
-        lengths = torch.randint(5, 16, (32,))
+        lengths = torch.randint(8, 15, (32,))
         caps = torch.randint(4, 60, (32, 17))  # a small working vocabulary
         caps[:, 0] = 1
         for i, n in enumerate(lengths):

@@ -31,51 +31,119 @@ def _expand(ctx: dict[str, Tensor], k: int) -> dict[str, Tensor]:
 @torch.inference_mode()
 def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int = 5,
                 max_len: int = 30, length_penalty: float = 0.0) -> list[Hypothesis]:
-    """Decode a batch of images; returns the best hypothesis for each image, in batch order."""
+    """Decode a batch of images; returns the best hypothesis for each image, in batch order.
+
+    Images whose result can no longer change are dropped from the computation (their rows are compacted
+    away), so a batch costs what its images need, not what its slowest image needs.
+    """
     batch = next(iter(feats.values())).size(0)
     k = beam_size
-    ctx = _expand(decoder.encode(feats), k)  # per-image tensors, now [B*K, ...]
+    ctx = decoder.encode(feats)  # per-image tensors [B, ...]; expanded to K beams after the first word
     state = decoder.init_state(ctx)
     device = ctx[next(iter(ctx))].device
+    beams = torch.arange(k, device=device)
 
-    scores = torch.zeros(batch, k, device=device)  # [B, K]
-    scores[:, 1:] = float("-inf")  # all beams start identical: expand only the first
-    tokens = torch.full((batch * k,), start_id, dtype=torch.long, device=device)  # [B*K]
-    seqs = torch.empty(batch * k, 0, dtype=torch.long, device=device)  # [B*K, t]
-    lengths = torch.zeros(batch * k, dtype=torch.long, device=device)  # words incl. <end>
-    finished = torch.zeros(batch * k, dtype=torch.bool, device=device)
-    alpha_hist: list[Tensor] = []
-    loc_hist: list[Tensor] = []
-    base = (torch.arange(batch, device=device) * k).unsqueeze(1)  # [B, 1]
+    width = 1  # beams per image so far: 1 before the first word (all K beams would be identical)
+    scores = torch.zeros(batch, width, device=device)  # [B', width] for the B' images still decoding
+    tokens = torch.full((batch,), start_id, dtype=torch.long, device=device)  # [B'*width]
+    lengths = torch.zeros(batch, dtype=torch.long, device=device)  # words incl. <end>
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    active = torch.arange(batch, device=device)  # which images the B' rows of the batch are
+    # results and history in full indexing (row = image * K + beam), whatever is still active
+    final = {"score": torch.zeros(batch * k, device=device),
+             "length": torch.zeros(batch * k, dtype=torch.long, device=device),
+             "finished": torch.zeros(batch * k, dtype=torch.bool, device=device)}
+    history: dict[str, list[Tensor]] = {"parent": [], "word": [], "alpha": [], "loc": []}
 
     for _ in range(max_len):
-        logp, state, alpha = decoder.step(ctx, state, tokens)  # [B*K, V]
-        logp = _ban(logp, (decoder.pad_id, start_id))
-        vocab = logp.size(1)
-        # a finished beam may only continue with <end>, at no cost, so its score stays fixed
-        logp = torch.where(finished.unsqueeze(1), _end_only(vocab, end_id, logp), logp)
-        cand = (scores.unsqueeze(2) + logp.view(batch, k, vocab)).view(batch, k * vocab)  # [B, K*V]
-        scores, flat = cand.topk(k, dim=1)  # [B, K]
+        logp, state, alpha = decoder.step(ctx, state, tokens)  # [B'*K, V]
+        vocab, n_img = logp.size(1), scores.size(0)
+        logp[:, [decoder.pad_id, start_id]] = float("-inf")  # never part of a caption (logp is ours to change)
+        if bool(finished.any()):  # a finished beam may only continue with <end>, at no cost: its score stays
+            logp[finished] = _end_only(vocab, end_id, logp)
+        cand = (scores.unsqueeze(2) + logp.view(n_img, width, vocab)).view(n_img, width * vocab)  # [B', w*V]
+        scores, flat = cand.topk(k, dim=1)  # [B', K]
         beam = torch.div(flat, vocab, rounding_mode="floor")  # integer division: which beam
         word = flat % vocab  # which word
-        src = (base + beam).view(-1)  # [B*K] rows to continue from
+        src = (torch.arange(n_img, device=device).unsqueeze(1) * width + beam).view(-1)  # [B'*K] rows continued
         state = {name: t.index_select(0, src) for name, t in state.items()}
-        seqs = torch.cat([seqs.index_select(0, src), word.view(-1, 1)], dim=1)
         was_finished = finished.index_select(0, src)
         lengths = lengths.index_select(0, src) + (~was_finished).long()
         finished = was_finished | (word.view(-1) == end_id)
         tokens = word.view(-1)
-        if alpha is not None:
-            alpha_hist = [a.index_select(0, src) for a in alpha_hist] + [alpha.index_select(0, src)]
-        if "loc" in state:
-            loc_hist = [x.index_select(0, src) for x in loc_hist] + [state["loc"]]
-        if bool(finished.all()):
-            break
 
-    norm = scores.view(-1) / lengths.clamp(min=1).float() ** length_penalty  # [B*K]
-    best = norm.view(batch, k).argmax(dim=1) + base.view(-1)  # [B] row of the best beam per image
-    return [_hypothesis(int(r), seqs, scores.view(-1), lengths, finished, alpha_hist, loc_hist, end_id)
-            for r in best]
+        rows = (active.unsqueeze(1) * k + beams).view(-1)  # [B'*K] full-index rows
+        parents = rows[src] if width == k else rows  # before the first word there is nothing to point to
+        if width == 1:
+            ctx, width = _expand(ctx, k), k
+        _record(history, batch * k, rows, parents, tokens, end_id,
+                alpha.index_select(0, src) if alpha is not None else None, state.get("loc"))
+        final["score"][rows], final["length"][rows], final["finished"][rows] = scores.view(-1), lengths, finished
+
+        done = _done_images(scores, finished, length_penalty)  # [B'] bool
+        if bool(done.all()):
+            break
+        if bool(done.any()):  # compact: keep decoding only the images whose result can still change
+            keep_img = (~done).nonzero().squeeze(1)
+            keep = (keep_img.unsqueeze(1) * k + beams).view(-1)
+            ctx = {name: t.index_select(0, keep) for name, t in ctx.items()}
+            state = {name: t.index_select(0, keep) for name, t in state.items()}
+            scores, tokens = scores.index_select(0, keep_img), tokens.index_select(0, keep)
+            lengths, finished = lengths.index_select(0, keep), finished.index_select(0, keep)
+            active = active.index_select(0, keep_img)
+
+    norm = final["score"] / final["length"].clamp(min=1).float() ** length_penalty  # [B*K]
+    best = norm.view(batch, k).argmax(dim=1) + torch.arange(batch, device=device) * k  # [B] best row per image
+    return [_backtrack(r, history, float(final["score"][r]), int(final["length"][r]), bool(final["finished"][r]))
+            for r in best.tolist()]
+
+
+def _record(history: dict, n_rows: int, rows: Tensor, parents: Tensor, words: Tensor, end_id: int,
+            alpha: Tensor | None, loc: Tensor | None) -> None:
+    """Store one step in full indexing; rows of images no longer decoding point to themselves."""
+    parent = torch.arange(n_rows, device=rows.device)
+    parent[rows] = parents
+    word = torch.full((n_rows,), end_id, dtype=torch.long, device=rows.device)
+    word[rows] = words
+    history["parent"].append(parent)
+    history["word"].append(word)
+    if alpha is not None:
+        full = alpha.new_zeros(n_rows, alpha.size(1))
+        full[rows] = alpha
+        history["alpha"].append(full)
+    if loc is not None:
+        full_loc = torch.zeros(n_rows, dtype=torch.long, device=rows.device)
+        full_loc[rows] = loc
+        history["loc"].append(full_loc)
+
+
+def _done_images(scores: Tensor, finished: Tensor, length_penalty: float) -> Tensor:
+    """[B'] True for images whose final answer is fixed: all K beams finished, or (without length
+    normalisation) a finished beam scores at least as high as every unfinished one. An unfinished beam's
+    score can only fall, so nothing can overtake that finished beam: stopping now gives exactly the result
+    of decoding to the end."""
+    fin = finished.view_as(scores)
+    if length_penalty != 0:
+        return fin.all(dim=1)
+    best_done = torch.where(fin, scores, float("-inf")).max(dim=1).values  # [B']
+    best_open = torch.where(fin, float("-inf"), scores).max(dim=1).values  # [B']
+    return best_done >= best_open
+
+
+def _backtrack(row: int, history: dict, score: float, length: int, done: bool) -> Hypothesis:
+    """Follow the backpointers from the last step to the first to read off one beam."""
+    words, alphas, locs = [], [], []
+    for t in range(len(history["parent"]) - 1, -1, -1):
+        words.append(int(history["word"][t][row]))
+        if history["alpha"]:
+            alphas.append(history["alpha"][t][row])
+        if history["loc"]:
+            locs.append(int(history["loc"][t][row]))
+        row = int(history["parent"][t][row])
+    n = length - 1 if done else length  # drop <end>
+    words = words[::-1][:n]
+    alpha_t = torch.stack(alphas[::-1])[:n].cpu() if alphas else None
+    return Hypothesis(words, score, done, alpha_t, locs[::-1][:n] if locs else None)
 
 
 def _ban(logp: Tensor, ids: tuple[int, ...]) -> Tensor:
@@ -89,15 +157,6 @@ def _end_only(vocab: int, end_id: int, like: Tensor) -> Tensor:
     row = torch.full((1, vocab), float("-inf"), device=like.device, dtype=like.dtype)
     row[0, end_id] = 0.0
     return row  # [1, V], broadcast over the batch
-
-
-def _hypothesis(row, seqs, scores, lengths, finished, alpha_hist, loc_hist, end_id) -> Hypothesis:
-    n = int(lengths[row])
-    done = bool(finished[row])
-    words = seqs[row, : n - 1 if done else n].tolist()
-    alphas = torch.stack([a[row] for a in alpha_hist])[: len(words)].cpu() if alpha_hist else None
-    locs = [int(x[row]) for x in loc_hist][: len(words)] if loc_hist else None
-    return Hypothesis(words, float(scores[row]), done, alphas, locs)
 
 
 @torch.inference_mode()
