@@ -68,6 +68,7 @@ class TrainConfig:
     devices: str | int = "auto"
     num_workers: int = 0
     deterministic: bool = True
+    bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)
 
 
 @dataclass

@@ -102,9 +102,9 @@ class ShuffledBatches(Sampler[list[int]]):
         yield from batches
 
 
-def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
-                 num_workers: int = 0) -> DataLoader:
-    lengths = (dataset.captions != 0).sum(1) if hasattr(dataset, "captions") else None  # [N] caption lengths
+def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+                 bucket_by_length: bool = False) -> DataLoader:
+    lengths = (dataset.captions != 0).sum(1) if bucket_by_length else None  # [N] caption lengths
     sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle, lengths)
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                       collate_fn=_identity)

@@ -120,7 +120,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         features = {"global": global_t, "grid": grid_t}  # whole cache in memory
         train_set = CaptionBatches(features, captions, owners)
         val_set = ImageBatches(features, val_rows, val_keys)
-    train_loader = batch_loader(train_set, t.batch_size, shuffle=True, seed=t.seed, num_workers=t.num_workers)
+    train_loader = batch_loader(train_set, t.batch_size, shuffle=True, seed=t.seed, num_workers=t.num_workers,
+                                bucket_by_length=t.bucket_by_length)
     val_loader = batch_loader(val_set, max(t.batch_size, 50), shuffle=False, num_workers=t.num_workers)
 
     desc = encoder.describe()
