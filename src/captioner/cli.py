@@ -55,7 +55,10 @@ def cmd_features(args) -> None:
 
     cfg = load_config(args.config, args.set)
     _, records, encoder, cache = load_features(cfg, args.data, args.cache, progress=not args.no_progress)
-    print(f"features of {len(cache.names)} images ({encoder.describe()}) ready; {len(cache.failed)} failed")
+    d = encoder.describe()
+    print(f"{d['name']} ({d['weights']}, {d['input_size']} px) features of {len(cache.names)} images: "
+          f"global {d['global_dim']}, grid {d['grid_size']}x{d['grid_size']}x{d['grid_dim']}; "
+          f"{len(cache.failed)} failed; in {cache.directory}")
 
 
 def cmd_train(args) -> None:
