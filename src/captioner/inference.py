@@ -42,49 +42,35 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
 def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
                   batch_size: int = 16, encoder=None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Caption image files. Returns (results, failures); a bad file is reported, the rest still captioned."""
+    kept, feats, failures = encode_images(encoder or model_encoder(model), paths, batch_size)
+    if not kept:
+        return [], failures
+    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
+    return [hypothesis_dict(model, hyp) | {"image": str(p)} for p, hyp in zip(kept, hyps, strict=True)], failures
+
+
+def encode_images(encoder, paths: list, batch_size: int = 32):
+    """Encoder features of image files, computed now (no cache).
+
+    Returns (the paths that could be read, {"global": [N, D], "grid": [N, L, C]}, [(path, error), ...]).
+    """
     from captioner.data.images import load_image
 
-    encoder = encoder or model_encoder(model)
     encoder.freeze()
-    results, failures = [], []
-    good: list[tuple[str, torch.Tensor]] = []
+    kept, tensors, failures = [], [], []
     for p in paths:
         try:
-            good.append((str(p), encoder.preprocess(load_image(p))))
+            tensors.append(encoder.preprocess(load_image(p)))
+            kept.append(p)
         except CaptionerError as e:
             failures.append((str(p), str(e)))
-    for i in range(0, len(good), batch_size):
-        chunk = good[i : i + batch_size]
-        with torch.inference_mode():
-            global_, grid = encoder(torch.stack([x for _, x in chunk]))
-        hyps = decode_batches(model, {"global": global_, "grid": grid}, beam_size, max_len,
-                              model.config.decode.length_penalty)
-        for (path, _), hyp in zip(chunk, hyps, strict=True):
-            results.append(hypothesis_dict(model, hyp) | {"image": path})
-    return results, failures
-
-
-def encode_images(encoder, records, batch_size: int = 32):
-    """Features of the records' images computed now (no cache). Returns (kept records, feats, failed names)."""
-    from captioner.data.images import load_image
-
-    encoder.freeze()
-    kept, tensors, failed = [], [], []
-    for r in records:
-        try:
-            tensors.append(encoder.preprocess(load_image(r.image)))
-            kept.append(r)
-        except CaptionerError:
-            failed.append(r.name)
-    globals_, grids = [], []
+    if not kept:
+        return kept, {}, failures
+    outputs = []
     with torch.inference_mode():
         for i in range(0, len(tensors), batch_size):
-            g, grid = encoder(torch.stack(tensors[i : i + batch_size]))
-            globals_.append(g)
-            grids.append(grid)
-    if not kept:
-        return kept, {}, failed
-    return kept, {"global": torch.cat(globals_), "grid": torch.cat(grids)}, failed
+            outputs.append(encoder(torch.stack(tensors[i : i + batch_size])))  # ([b, D], [b, L, C])
+    return kept, {"global": torch.cat([g for g, _ in outputs]), "grid": torch.cat([x for _, x in outputs])}, failures
 
 
 def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
@@ -107,8 +93,9 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
 
     if model.encoder_state is not None:  # a fine-tuned encoder: its features are not in any cache
         dataset = load_dataset(data)
-        chosen = [r for r in dataset.records if r.split == split][:limit]
-        chosen, feats, failed = encode_images(model_encoder(model), chosen)
+        by_path = {r.image: r for r in dataset.records if r.split == split}
+        paths, feats, failures = encode_images(model_encoder(model), list(by_path)[:limit])
+        chosen, failed = [by_path[p] for p in paths], sorted(Path(p).name for p, _ in failures)
     else:
         dataset, records, _, cache = load_features(model.config, data, cache_root, progress)
         failed = sorted(cache.failed)

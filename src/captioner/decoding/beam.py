@@ -58,7 +58,7 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
     for _ in range(max_len):
         logp, state, alpha = decoder.step(ctx, state, tokens)  # [B'*K, V]
         vocab, n_img = logp.size(1), scores.size(0)
-        logp[:, [decoder.pad_id, start_id]] = float("-inf")  # never part of a caption (logp is ours to change)
+        _ban(logp, (decoder.pad_id, start_id))
         if bool(finished.any()):  # a finished beam may only continue with <end>, at no cost: its score stays
             logp[finished] = _end_only(vocab, end_id, logp)
         cand = (scores.unsqueeze(2) + logp.view(n_img, width, vocab)).view(n_img, width * vocab)  # [B', w*V]
@@ -146,11 +146,10 @@ def _backtrack(row: int, history: dict, score: float, length: int, done: bool) -
     return Hypothesis(words, score, done, alpha_t, locs[::-1][:n] if locs else None)
 
 
-def _ban(logp: Tensor, ids: tuple[int, ...]) -> Tensor:
-    """Words a caption can never contain (<pad>, <start>) get probability 0."""
-    logp = logp.clone()
+def _ban(logp: Tensor, ids: tuple[int, ...]) -> None:
+    """Words a caption can never contain (<pad>, <start>) get probability 0, in place (``logp`` is the
+    fresh output of ``decoder.step``)."""
     logp[:, list(ids)] = float("-inf")
-    return logp
 
 
 def _end_only(vocab: int, end_id: int, like: Tensor) -> Tensor:
@@ -173,7 +172,7 @@ def greedy_search(decoder: Decoder, feats: Features, start_id: int, end_id: int,
     alphas: list[list[Tensor]] = [[] for _ in range(batch)]
     for _ in range(max_len):
         logp, state, alpha = decoder.step(ctx, state, tokens)
-        logp = _ban(logp, (decoder.pad_id, start_id))
+        _ban(logp, (decoder.pad_id, start_id))
         best_logp, tokens = logp.max(dim=1)
         for i in range(batch):
             if done[i]:

@@ -124,13 +124,11 @@ class ImageCaptionBatches(Dataset):
         return len(self.captions)
 
     def __getitem__(self, index: list[int]) -> dict:
-        from captioner.data.images import load_image
-
         index_t = torch.as_tensor(index)
         caps = self.captions[index_t]
         width = int((caps != 0).sum(1).max())
-        images = torch.stack([self.preprocess(load_image(self.paths[int(r)])) for r in self.rows[index_t]])
-        return {"images": images, "captions": caps[:, :width]}  # images: [B, 3, S, S]
+        images = load_images([self.paths[int(r)] for r in self.rows[index_t]], self.preprocess)
+        return {"images": images, "captions": caps[:, :width]}
 
 
 class ImageFileBatches(Dataset):
@@ -143,7 +141,12 @@ class ImageFileBatches(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: list[int]) -> dict:
-        from captioner.data.images import load_image
+        return {"images": load_images([self.paths[i] for i in index], self.preprocess),
+                "keys": [self.keys[i] for i in index]}
 
-        images = torch.stack([self.preprocess(load_image(self.paths[i])) for i in index])
-        return {"images": images, "keys": [self.keys[i] for i in index]}
+
+def load_images(paths: list, preprocess) -> Tensor:
+    """Read and preprocess image files into one batch [B, 3, S, S]."""
+    from captioner.data.images import load_image
+
+    return torch.stack([preprocess(load_image(p)) for p in paths])
