@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean-venv
+.PHONY: demo test lint venv clean-venv flickr8k-table beam-study
 
 venv: $(STAMP)
 
@@ -21,6 +21,13 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+# Flickr8k results (docs/RESULTS.md): hours of CPU; resumable, runs in ~/.cache/captioner/runs/flickr8k
+flickr8k-table: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/flickr8k_table.py
+
+beam-study: venv
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/beam_study.py
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -1,7 +1,7 @@
 """Batched beam search vs one image at a time, side by side in one run.
 
     python benchmarks/beam.py            # 1000 images, 7x7x1280 features, vocab 2600, beam 5, dims 512
-    python benchmarks/beam.py --quick    # 100 images
+    python benchmarks/beam.py --quick    # 20 images, small dims
 
 Three ways to decode the same images with the same soft-attention weights:
   batched    captioner's beam search, 100 images x 5 beams per call
@@ -11,10 +11,10 @@ The decoder is trained for a few hundred steps on random captions so that beams 
 """
 
 import argparse
-import resource
 import time
 
 import torch
+from common import count_flops, matmul_rate, peak_rss_mb
 from reference_soft import reference_beam_search
 
 from captioner.config import ModelConfig
@@ -48,17 +48,20 @@ def main() -> None:
     p.add_argument("--images", type=int, default=None)
     p.add_argument("--beam-size", type=int, default=5)
     args = p.parse_args()
-    n = args.images or (100 if args.quick else 1000)
+    n = args.images or (20 if args.quick else 1000)
     vocab, channels, dim = (2600, 1280, 512) if not args.quick else (1000, 256, 128)
     dec = make_decoder(vocab, channels, dim, steps=30 if args.quick else 150)
     grid = torch.randn(n, 49, channels)
     feats = {"grid": grid, "global": grid.mean(1)}
     k = args.beam_size
+    rate = matmul_rate()
+    chunks = [{name: v[i : i + 100] for name, v in feats.items()} for i in range(0, n, 100)]
+    flops = sum(count_flops(lambda c=c: beam_search(dec, c, 1, 2, beam_size=k)) for c in chunks)
 
     start = time.perf_counter()
     batched = []
-    for i in range(0, n, 100):
-        batched += beam_search(dec, {name: v[i : i + 100] for name, v in feats.items()}, 1, 2, beam_size=k)
+    for chunk in chunks:
+        batched += beam_search(dec, chunk, 1, 2, beam_size=k)
     t_batched = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -68,7 +71,7 @@ def main() -> None:
 
     m = min(n, 100)  # the tutorial-style reference is slow: time it on 100 images and scale
     start = time.perf_counter()
-    reference_beam_search(dec, grid[:m], 1, 2, beam_size=k)
+    ref_captions = reference_beam_search(dec, grid[:m], 1, 2, beam_size=k)
     t_ref = (time.perf_counter() - start) * n / m
 
     same = sum(a.tokens == b.tokens for a, b in zip(batched, single, strict=True))
@@ -79,8 +82,11 @@ def main() -> None:
     print(f"per-image: {t_single:7.1f} s  ({t_single / n * 1000:.1f} ms/image)  -> batched is {t_single / t_batched:.1f}x faster")
     print(f"reference: {t_ref:7.1f} s  ({t_ref / n * 1000:.1f} ms/image, timed on {m})  -> batched is "
           f"{t_ref / t_batched:.1f}x faster")
-    print(f"identical captions batched vs per-image: {same}/{n}; "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    same_ref = sum(a.tokens == b for a, b in zip(batched[:m], ref_captions, strict=True))
+    print(f"identical captions batched vs per-image: {same}/{n}; vs the reference: {same_ref}/{m}; "
+          f"peak RSS {peak_rss_mb():.0f} MB")
+    print(f"matmul rate {rate / 1e9:.1f} GFLOP/s; batched search {flops / t_batched / 1e9:.1f} GFLOP/s "
+          f"= {flops / t_batched / rate:.0%} of it (matrix products counted by torch from their shapes)")
 
 
 if __name__ == "__main__":

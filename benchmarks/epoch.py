@@ -1,7 +1,7 @@
 """Time of one Flickr8k training epoch (all train captions), captioner vs the tutorial recipe, in one run.
 
     python benchmarks/epoch.py            # 40 batches of each, extrapolated to the whole epoch
-    python benchmarks/epoch.py --quick    # 8 batches of each
+    python benchmarks/epoch.py --quick    # 3 batches of each, stand-in captions
 
 Shapes are Flickr8k's with EfficientNet-Lite0 features: 7x7x1280 grid, the real train captions (tokenised,
 vocabulary min_word_freq 5) when ../shared/data/flickr8k is there, dims 512, the paper's
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import count_flops, matmul_rate, peak_rss_mb
 from reference_soft import reference_loss
 
 from captioner.config import ModelConfig
@@ -64,8 +65,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="captioner's batch (the configs use 64 as Xu et al.; the tutorial recipe keeps 32)")
     args = p.parse_args()
-    n_batches = 8 if args.quick else 40
-    caps, vocab, source = train_captions(args.data)
+    n_batches = 3 if args.quick else 40
+    caps, vocab, source = train_captions(args.data if not args.quick else Path("/nonexistent"))
     n = len(caps)
     torch.manual_seed(0)
     dec = build_decoder(ModelConfig(type="soft"), vocab, 1280, 1280).train()
@@ -77,6 +78,10 @@ def main() -> None:
     bs = args.batch_size
     ours_batches = list(ShuffledBatches(n, bs, seed=0, lengths=lengths))[: max(2, n_batches * 32 // bs)]
     tutorial_batches = list(ShuffledBatches(n, 32, seed=0))[:n_batches]
+    rate = matmul_rate()
+    sample = ours_batches[1:4]  # FLOPs of forward + backward, counted by torch from the shapes
+    flops = sum(count_flops(lambda i=i: dec.loss(data[i]["feats"], data[i]["captions"])["loss"].backward())
+                for i in sample) / len(sample)
     t_ours = time_batches(lambda idx: dec.loss(data[idx]["feats"], data[idx]["captions"])["loss"],
                           dec, ours_batches, caps, feats)
     t_ref = time_batches(lambda idx: reference_loss(dec, data[idx]["feats"]["grid"], data[idx]["captions"]),
@@ -90,6 +95,8 @@ def main() -> None:
     t_epoch_ours, t_epoch_ref = t_ours * ours_steps, t_ref * steps
     print(f"captioner:       {t_ours * 1000:6.0f} ms/batch of {bs} -> epoch {t_epoch_ours / 60:5.1f} min "
           f"({bs / t_ours:.0f} captions/s); {t_epoch_ref / t_epoch_ours:.2f}x faster")
+    print(f"matmul rate {rate / 1e9:.1f} GFLOP/s; captioner's step {flops / t_ours / 1e9:.1f} GFLOP/s "
+          f"= {flops / t_ours / rate:.0%} of it; peak RSS {peak_rss_mb():.0f} MB")
 
 
 if __name__ == "__main__":

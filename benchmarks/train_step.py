@@ -8,10 +8,10 @@ reaches (FLOPs counted from the shapes; backward counted as twice the forward).
 """
 
 import argparse
-import resource
 import time
 
 import torch
+from common import matmul_rate, peak_rss_mb
 from reference_soft import reference_loss
 
 from captioner.config import ModelConfig
@@ -23,15 +23,6 @@ def step_flops(b, t, locations, c, v, e, h, a) -> float:
     per_word = e * 4 * h + (c + h) * 4 * h + h * a + locations * a + locations * c + h + h * e + c * e + e * v
     per_caption = t * per_word + locations * c * a + 2 * c * h  # encoder projection and h0/c0 once
     return 3 * 2 * b * per_caption
-
-
-def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
-    x, y = torch.randn(n, n), torch.randn(n, n)
-    x @ y  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        x @ y
-    return 2 * n**3 * repeats / (time.perf_counter() - start)
 
 
 def time_steps(loss_fn, params, steps: int) -> float:
@@ -65,7 +56,7 @@ def main() -> None:
     ours = time_steps(lambda: dec.loss({"grid": feats, "global": feats.mean(1)}, caps)["loss"], dec.parameters(), steps)
     ref = time_steps(lambda: reference_loss(dec, feats, caps), dec.parameters(), steps)
     flops = step_flops(b, t, grid * grid, c, v, dim, dim, dim)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(f"shapes: batch {b}, {grid}x{grid}x{c} features, vocab {v}, {t} words, dims {dim}; "
           f"{args.threads} threads")
     print(f"reference: {b / ref:7.1f} captions/s   ({ref * 1000:.0f} ms/step)")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from PIL import Image
 
 from captioner.checkpoint import CaptionModel, save_model
@@ -13,7 +14,7 @@ from captioner.data.vocab import Vocab
 from captioner.decoders import build_decoder
 from captioner.encoders import create_encoder
 
-COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "caption"]
+COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "caption", "export"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -91,3 +92,30 @@ def test_bad_model_and_config_give_one_line(tmp_path):
         assert result.returncode == 2, args
         assert result.stderr.startswith("error: ") and needle in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_export_half_then_caption_with_the_default_model(model_file, tmp_path, monkeypatch, capsys):
+    """`captioner export --half` halves the file; `caption` with no --model uses the shipped model file."""
+    import captioner.checkpoint as checkpoint
+    from captioner.checkpoint import load_model
+
+    small = tmp_path / "pretrained" / "model.pt"
+    small.parent.mkdir()
+    main(["export", str(model_file), str(small), "--half"])
+    assert "float16" in capsys.readouterr().out
+    assert small.stat().st_size < 0.6 * model_file.stat().st_size
+    full, half = load_model(model_file), load_model(small)
+    for name, value in full.decoder.state_dict().items():
+        torch.testing.assert_close(half.decoder.state_dict()[name], value, atol=1e-3, rtol=1e-3)
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (80, 50), (20, 30, 200)).save(image)
+
+    monkeypatch.setattr(checkpoint, "PRETRAINED", small)
+    main(["caption", str(image)])
+    assert capsys.readouterr().out.strip()  # one caption line
+    monkeypatch.setattr(checkpoint, "PRETRAINED", tmp_path / "nothing.pt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["caption", str(image)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "nothing.pt" in err and "--model" in err

@@ -6,7 +6,7 @@ import torch
 from conftest import random_captions, random_feats, small_decoder
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform"])
 def test_output_t_predicts_word_t_plus_1_from_word_t(kind):
     """logits[:, t] is the prediction of captions[:, t+1]: it sees word t, and never a later word."""
     dec = small_decoder(kind).eval()
@@ -28,7 +28,7 @@ def test_nic_sees_the_image_before_start():
     assert not torch.allclose(a[:, 0], b[:, 0])  # the first word already depends on the image
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform"])
 def test_teacher_forcing_equals_stepping(kind):
     dec = small_decoder(kind).eval()
     feats, caps = random_feats(3), random_captions(3)
@@ -38,6 +38,45 @@ def test_teacher_forcing_equals_stepping(kind):
     for t in range(caps.size(1) - 1):
         logp, state, _ = dec.step(ctx, state, caps[:, t])
         torch.testing.assert_close(logp, torch.log_softmax(logits[:, t], -1))
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard", "uniform"])
+def test_fast_teacher_forcing_has_the_same_gradients(kind):
+    """The restructured loop (fused products, deferred weight gradients) = the plain per-step loop."""
+    from captioner.decoders.base import Decoder
+
+    dec = small_decoder(kind).eval()  # eval: no dropout, hard attention uses its expected context
+    feats, caps = random_feats(3), random_captions(3)
+
+    def grads(teacher_forcing):
+        dec.zero_grad()
+        out = teacher_forcing(dec, feats, caps)
+        (out["logits"].square().mean() + out["alphas"].square().mean()).backward()
+        return {name: torch.zeros_like(p) if p.grad is None else p.grad.clone() for name, p in dec.named_parameters()}
+
+    fast, plain = grads(type(dec).teacher_forcing), grads(Decoder.teacher_forcing)
+    assert plain["lstm.weight_hh"].abs().sum() > 0
+    for name in fast:
+        torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard", "uniform"])
+def test_decoding_step_equals_training_step(kind):
+    """Without autograd the step uses cached weight products (decoding); with it, nn.LSTMCell: same numbers."""
+    dec = small_decoder(kind).eval()
+    feats, caps = random_feats(3), random_captions(3)
+    ctx = dec.encode(feats)
+    state_a = state_b = dec.init_state(ctx)
+    for t in range(caps.size(1) - 1):
+        logp_a, state_a, _ = dec.step(ctx, state_a, caps[:, t])
+        with torch.no_grad():
+            logp_b, state_b, _ = dec.step(ctx, state_b, caps[:, t])
+        torch.testing.assert_close(logp_a, logp_b)
+    with torch.no_grad():  # the cache follows the weights: change one and the step changes
+        before, _, _ = dec.step(ctx, dec.init_state(ctx), caps[:, 0])
+        dec.embed.weight.mul_(2.0)
+        after, _, _ = dec.step(ctx, dec.init_state(ctx), caps[:, 0])
+    assert not torch.allclose(before, after)
 
 
 def test_loss_ignores_padding():
@@ -84,3 +123,14 @@ def test_hard_attention_uses_one_location_at_inference():
     state = dec.init_state(ctx)
     _, state, alpha = dec.step(ctx, state, torch.tensor([1, 1]))
     assert torch.equal(state["loc"], alpha.argmax(1))
+
+
+def test_uniform_attention_is_uniform_and_has_no_attention_gradient():
+    dec = small_decoder("uniform").train()
+    feats, caps = random_feats(3), random_captions(3)
+    terms = dec.loss(feats, caps)
+    alphas = dec.teacher_forcing(feats, caps)["alphas"]  # [B, T, L]
+    torch.testing.assert_close(alphas, torch.full_like(alphas, 1.0 / alphas.size(2)))
+    terms["loss"].backward()
+    assert dec.att_score.weight.grad is None or not dec.att_score.weight.grad.any()
+    assert dec.lstm.weight_hh.grad.abs().sum() > 0  # the rest of the model learns

@@ -94,6 +94,8 @@ def test_extracted_features_match_the_encoder(tmp_path, records, encoder):
     torch.testing.assert_close(loaded_grid, grid, atol=2e-3, rtol=2e-3)  # float16 storage
     torch.testing.assert_close(loaded_global, global_, atol=2e-3, rtol=2e-3)
     assert cache.rows(["img03.png", "img00.png"]) == [3, 0] and cache.failed == {}
+    some_global, some_grid = cache.load_rows([3, 0])  # only the rows asked for, in that order
+    assert torch.equal(some_grid, loaded_grid[[3, 0]]) and torch.equal(some_global, loaded_global[[3, 0]])
     meta = json.loads((tmp_path / "cache" / "meta.json").read_text())
     assert meta["complete"] and meta["count"] == N_IMAGES and meta["dtype"] == "float16"
     assert meta["encoder"] == encoder.describe() and meta["fingerprint"] == "fp1"

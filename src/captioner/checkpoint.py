@@ -69,6 +69,16 @@ def _read(path: Path) -> dict:
     return obj
 
 
+PRETRAINED = Path(__file__).parent / "pretrained" / "model.pt"  # the model shipped inside the package
+
+
+def default_model_path() -> Path:
+    """The shipped model, used when a command is given no ``--model``."""
+    if not PRETRAINED.is_file():
+        raise file_error(PRETRAINED, "no model ships with this installation; pass --model (a run's model.pt)")
+    return PRETRAINED
+
+
 def load_model(path: str | Path) -> CaptionModel:
     """Load a model file written by :func:`save_model`, or a Lightning checkpoint of a training run."""
     path = Path(path)

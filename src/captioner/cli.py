@@ -17,6 +17,8 @@ EPILOG = """examples:
   captioner train --config synth_soft --data data/synth --out runs/synth_soft
   captioner evaluate --model runs/synth_soft/model.pt --data data/synth --split test --beam-size 5
   captioner caption --model runs/synth_soft/model.pt photo1.jpg photo2.png
+  captioner caption photo.jpg                      (the model shipped with captioner)
+  captioner export runs/soft_lite0/model.pt small.pt --half
 """
 
 
@@ -72,10 +74,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from captioner.checkpoint import load_model
+    from captioner.checkpoint import default_model_path, load_model
     from captioner.inference import evaluate
 
-    model = load_model(args.model)
+    model = load_model(args.model or default_model_path())
     metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
     report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
                       args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress)
@@ -97,10 +99,10 @@ def print_table(report: dict) -> None:
 
 
 def cmd_caption(args) -> None:
-    from captioner.checkpoint import load_model
+    from captioner.checkpoint import default_model_path, load_model
     from captioner.inference import caption_files
 
-    model = load_model(args.model)
+    model = load_model(args.model or default_model_path())
     results, failures = caption_files(model, args.images, beam_size=args.beam_size, max_len=args.max_len)
     for r in results:
         print(f"{r['image']}: {r['caption']}" if len(args.images) > 1 else r["caption"])
@@ -110,6 +112,13 @@ def cmd_caption(args) -> None:
         print(f"{len(failures)} of {len(args.images)} images skipped", file=sys.stderr)
         if not results:
             raise SystemExit(2)
+
+
+def cmd_export(args) -> None:
+    from captioner.checkpoint import load_model, save_model
+
+    out = save_model(args.out, load_model(args.model), half=args.half)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{', float16' if args.half else ''})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
-    s.add_argument("--model", required=True, help="model file (model.pt) or a run's Lightning checkpoint")
+    s.add_argument("--model", help="model file (model.pt) or a run's Lightning checkpoint "
+                   "(default: the model shipped with captioner)")
     s.add_argument("--data", required=True, help=data_help)
     s.add_argument("--split", default="val", help="split to score (default val)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
@@ -173,11 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("caption", help="print one caption per image file")
-    s.add_argument("--model", required=True, help="model file (model.pt) or a run's Lightning checkpoint")
+    s.add_argument("--model", help="model file (model.pt) or a run's Lightning checkpoint "
+                   "(default: the model shipped with captioner)")
     s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
     s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
     s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("export", help="write a model file (from a model.pt or a run's checkpoint), e.g. in fp16")
+    s.add_argument("model", help="model file (model.pt) or a run's Lightning checkpoint")
+    s.add_argument("out", help="model file to write")
+    s.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
+    s.set_defaults(func=cmd_export)
     return p
 
 

@@ -17,7 +17,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    type: str = "soft"  # nic | soft | hard
+    type: str = "soft"  # nic | soft | hard | uniform (mean-pooled context: the attention ablation)
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512
@@ -111,8 +111,8 @@ class Config:
         return cfg
 
     def validate(self, source: str = "config") -> None:
-        if self.model.type not in ("nic", "soft", "hard"):
-            raise file_error(source, f"model.type must be nic, soft or hard, not {self.model.type!r}")
+        if self.model.type not in ("nic", "soft", "hard", "uniform"):
+            raise file_error(source, f"model.type must be nic, soft, hard or uniform, not {self.model.type!r}")
         if self.train.monitor not in ("bleu4", "cider"):
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
         if self.model.hard_inference not in ("argmax", "expected", "sample"):

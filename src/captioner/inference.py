@@ -101,9 +101,8 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
         failed = sorted(cache.failed)
         chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
         chosen = chosen[:limit] if limit else chosen
-        global_t, grid_t = cache.load_all()
-        rows = torch.tensor([cache.index[r.name] for r in chosen], dtype=torch.long)
-        feats = {"global": global_t[rows], "grid": grid_t[rows]}
+        global_t, grid_t = cache.load_rows([cache.index[r.name] for r in chosen])  # [n, D], [n, L, C]
+        feats = {"global": global_t, "grid": grid_t}
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
     hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)

@@ -1,12 +1,15 @@
-"""Decoders: Show-and-Tell (NIC), soft attention and hard attention, behind one per-step interface."""
+"""Decoders: Show-and-Tell (NIC), soft and hard attention (and a uniform-attention ablation), behind one
+per-step interface."""
 
 from captioner.config import ModelConfig
 from captioner.decoders.base import Decoder
 from captioner.decoders.hard import HardAttentionDecoder
 from captioner.decoders.nic import NICDecoder
 from captioner.decoders.soft import SoftAttentionDecoder
+from captioner.decoders.uniform import UniformAttentionDecoder
 
-__all__ = ["Decoder", "NICDecoder", "SoftAttentionDecoder", "HardAttentionDecoder", "build_decoder"]
+__all__ = ["Decoder", "NICDecoder", "SoftAttentionDecoder", "HardAttentionDecoder", "UniformAttentionDecoder",
+           "build_decoder"]
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: int) -> Decoder:
@@ -17,6 +20,8 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
     attention = dict(attention_dim=cfg.attention_dim, alpha_c=cfg.alpha_c, **dims)
     if cfg.type == "soft":
         return SoftAttentionDecoder(vocab_size, grid_dim, **attention)
+    if cfg.type == "uniform":
+        return UniformAttentionDecoder(vocab_size, grid_dim, **attention)
     if cfg.type == "hard":
         return HardAttentionDecoder(
             vocab_size, grid_dim, reinforce_weight=cfg.reinforce_weight, entropy_weight=cfg.entropy_weight,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captioner.decoders.base import Decoder, Features, State
+from captioner.decoders.deferred import DeferredLinear
 
 
 class SoftAttentionDecoder(Decoder):
@@ -39,15 +40,26 @@ class SoftAttentionDecoder(Decoder):
 
     def encode(self, feats: Features) -> State:
         grid = feats["grid"]  # [B, L, C]
-        return {"grid": grid, "att_proj": self.att_feat(grid)}  # att_proj: [B, L, A], computed once
+        return {"grid": grid, "att_proj2": 2.0 * self.att_feat(grid)}  # 2 W_a a_i: [B, L, A], computed once
 
     def init_state(self, ctx: State) -> State:
         mean = ctx["grid"].mean(dim=1)  # [B, C]
         return {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean))}  # [B, H] each
 
     def attend(self, ctx: State, h: Tensor) -> Tensor:
-        scores = self.att_score(torch.tanh(ctx["att_proj"] + self.att_hidden(h).unsqueeze(1)))  # [B, L, 1]
-        return torch.softmax(scores.squeeze(2), dim=1)  # [B, L]
+        """alpha = softmax(w^T tanh(u) + b), u = W_a a_i + W_h h, computed as tanh(u) = 2 sigmoid(2u) - 1.
+
+        The same function: on CPU torch's sigmoid is about 2x faster than its tanh, and this [B, L, A]
+        tensor is the largest one made per word (benchmarks/train_step.py; docs/PERFORMANCE.md).
+        """
+        return self._attend(ctx, self.att_hidden(h))
+
+    def _attend(self, ctx: State, att_h: Tensor) -> Tensor:  # att_h = W_h h: [B, A]
+        u2 = ctx["att_proj2"] + 2.0 * att_h.unsqueeze(1)  # 2u: [B, L, A]
+        s = torch.sigmoid_(u2)  # in place: autograd needs only the output
+        w, b = self.att_score.weight.squeeze(0), self.att_score.bias  # [A], [1]
+        scores = 2.0 * (s @ w) - (w.sum() - b)  # w^T (2s - 1) + b: [B, L]
+        return torch.softmax(scores, dim=1)  # [B, L]
 
     def context(self, ctx: State, alpha: Tensor, state: State) -> tuple[Tensor, State]:
         """Soft attention: the expected annotation vector under alpha."""
@@ -59,11 +71,36 @@ class SoftAttentionDecoder(Decoder):
         alpha = self.attend(ctx, h)  # [B, L]
         z, state = self.context(ctx, alpha, state)  # [B, C]
         z = torch.sigmoid(self.f_beta(h)) * z  # gating scalar beta_t
-        h, c = self.lstm(torch.cat([emb, z], dim=1), (h, c))  # [B, H]
+        if torch.is_grad_enabled():
+            h, c = self.lstm(torch.cat([emb, z], dim=1), (h, c))  # [B, H]
+        else:  # decoding: the same LSTM, with the words' share of the gates looked up in a cached table
+            gates = self._word_gates()[prev] + F.linear(torch.cat([z, h], dim=1), self._recurrent_weight())
+            h, c = _lstm_cell(gates, c)  # [B, H]
         out = torch.tanh(emb + self.out_hidden(h) + self.out_context(z))  # [B, E]
         new_state = {k: v for k, v in state.items() if k not in ("h", "c")}
         new_state.update(h=h, c=c)
         return self.fc(self.dropout(out)), new_state, alpha  # [B, V]
+
+    # ---- decoding-time caches: products of weights only, remade whenever a weight changes ----------
+    def _word_gates(self) -> Tensor:
+        """E W_ih[:, :E]^T + biases for every word: [V, 4H]. Saves a [B, E] x [E, 4H] product per step."""
+        lstm, n_emb = self.lstm, self.embed.embedding_dim
+        return self._cached("word_gates", lambda: F.linear(self.embed.weight, lstm.weight_ih[:, :n_emb],
+                                                           lstm.bias_ih + lstm.bias_hh),
+                            self.embed.weight, lstm.weight_ih, lstm.bias_ih, lstm.bias_hh)
+
+    def _recurrent_weight(self) -> Tensor:
+        """[W_ih[:, E:], W_hh]: [4H, C + H], so that z_t and h_{t-1} go through one product."""
+        lstm, n_emb = self.lstm, self.embed.embedding_dim
+        return self._cached("recurrent", lambda: torch.cat([lstm.weight_ih[:, n_emb:], lstm.weight_hh], dim=1),
+                            lstm.weight_ih, lstm.weight_hh)
+
+    def _cached(self, name: str, make, *sources: Tensor) -> Tensor:
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)  # changes on any update
+        cache = self.__dict__.setdefault("_decode_cache", {})  # not a buffer: never saved in checkpoints
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, make())
+        return cache[name][1]
 
     def teacher_forcing(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
         """The same computation as calling :meth:`step_logits` word by word, arranged for speed.
@@ -78,17 +115,21 @@ class SoftAttentionDecoder(Decoder):
         n_emb = emb.size(2)
         lstm = self.lstm
         gates_emb = F.linear(emb, lstm.weight_ih[:, :n_emb], lstm.bias_ih + lstm.bias_hh)  # [B, T, 4H]
-        w_rec = torch.cat([lstm.weight_ih[:, n_emb:], lstm.weight_hh], dim=1)  # [4H, C + H]
+        # the recurrent products; their weight gradients are computed once over all words (deferred.py)
+        w_ctx = DeferredLinear(lstm.weight_ih[:, n_emb:])  # z_t -> its share of the gates: [4H, C]
+        # everything computed from h_{t-1} in one product: LSTM gates, attention's W_h h, beta's logit
+        w_h = DeferredLinear(torch.cat([lstm.weight_hh, self.att_hidden.weight, self.f_beta.weight]))  # [4H+A+1, H]
+        b_h = torch.cat([torch.zeros_like(lstm.bias_hh), self.att_hidden.bias, self.f_beta.bias])
+        split = [lstm.weight_hh.size(0), self.att_hidden.out_features, 1]
         h, c = state["h"], state["c"]
         hs, zs, alphas, locs = [], [], [], []
         for t in range(emb.size(1)):
-            alpha = self.attend(ctx, h)  # [B, L]
+            gates_h, att_h, beta = (w_h(h) + b_h).split(split, dim=1)  # [B, 4H], [B, A], [B, 1]
+            alpha = self._attend(ctx, att_h)  # [B, L]
             z, state = self.context(ctx, alpha, state)  # [B, C]
-            z = torch.sigmoid(self.f_beta(h)) * z
-            gates = gates_emb[:, t] + F.linear(torch.cat([z, h], dim=1), w_rec)  # [B, 4H]
-            i, f, g, o = gates.chunk(4, dim=1)  # LSTMCell's gate order
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # [B, H]
-            h = torch.sigmoid(o) * torch.tanh(c)  # [B, H]
+            z = torch.sigmoid(beta) * z
+            gates = gates_emb[:, t] + gates_h + w_ctx(z)  # [B, 4H]
+            h, c = _lstm_cell(gates, c)  # [B, H]
             hs.append(h)
             zs.append(z)
             alphas.append(alpha)
@@ -108,6 +149,13 @@ class SoftAttentionDecoder(Decoder):
         terms = {"alpha_reg": self.alpha_c * ((1.0 - coverage) ** 2).mean()}
         terms["log_entropy"] = _entropy(out["alphas"], mask, n_tokens).detach()
         return terms
+
+
+def _lstm_cell(gates: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """nn.LSTMCell's update from its pre-activations ``gates`` [B, 4H] (gate order i, f, g, o)."""
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)  # [B, H]
+    return torch.sigmoid(o) * torch.tanh(c), c  # h, c: [B, H]
 
 
 def _entropy(alphas: Tensor, mask: Tensor, n_tokens: Tensor) -> Tensor:

@@ -4,6 +4,8 @@ Model selection, early stopping and the LR schedule all watch ``val/bleu4`` or `
 from captions the model actually generates, never from teacher-forced argmax predictions.
 """
 
+import time
+
 import lightning as L
 import torch
 
@@ -38,6 +40,12 @@ class CaptionModule(L.LightningModule):
         return {"global": global_, "grid": grid}
 
     # ---- training -------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self) -> None:  # wall time of the training part of the epoch (no validation)
+        self.log("time/train_epoch_s", time.perf_counter() - self._epoch_start)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.decoder.loss(self.features(batch), batch["captions"])
         size = batch["captions"].size(0)

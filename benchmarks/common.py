@@ -1,0 +1,31 @@
+"""What every benchmark reports next to its speed: this machine's fp32 matmul rate (measured in the same
+run), FLOPs counted from the shapes, and peak memory."""
+
+import resource
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def matmul_rate(n: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a plain n x n fp32 matrix product on this machine, now."""
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    x @ y  # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        x @ y
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the matrix products and convolutions ``fn`` runs, counted by torch from their shapes."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

