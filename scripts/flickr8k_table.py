@@ -116,6 +116,36 @@ def table(rows: list[tuple[str, str]], runs: Path) -> str:
     return "\n".join(lines)
 
 
+def plot_entropy(rows: list[tuple[str, str]], runs: Path, path: Path) -> bool:
+    """Mean training attention entropy per epoch for every attention row that has a log; False if none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    drawn = False
+    for config, label in rows:
+        hist = history(runs / config) if (runs / config / "logs").exists() else {}
+        points = [(epoch + 1, e["entropy"]) for epoch, e in hist.items() if e["entropy"] is not None]
+        if points and not config.startswith("nic"):
+            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.axhline(math.log(49), color="grey", linestyle="--", label="uniform over 7×7 (ln 49)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("attention entropy (nats)")
+    ax.set_title("Flickr8k: mean attention entropy over training")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=DATA)
@@ -135,6 +165,8 @@ def main() -> None:
     (args.runs / "table.md").write_text(text + "\n")
     print(text)
     print(f"\n(written to {args.runs / 'table.md'})")
+    if plot_entropy(ROWS, args.runs, args.runs / "attention_entropy.png"):
+        print(f"attention entropy over training: {args.runs / 'attention_entropy.png'}")
 
 
 if __name__ == "__main__":

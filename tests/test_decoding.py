@@ -68,3 +68,15 @@ def test_length_penalty_prefers_longer_captions():
     plain = beam_search(dec, feats, START, END, beam_size=5, max_len=10, length_penalty=0.0)
     normed = beam_search(dec, feats, START, END, beam_size=5, max_len=10, length_penalty=1.0)
     assert sum(len(h.tokens) for h in normed) >= sum(len(h.tokens) for h in plain)
+
+
+@pytest.mark.parametrize("search", ["beam", "greedy"])
+def test_banned_words_are_never_generated(search):
+    dec = small_decoder("soft").eval()
+    feats = random_feats(6)
+    with torch.no_grad():  # make word 5 overwhelmingly likely, then ban it
+        dec.fc.bias[5] = 50.0
+    run = (lambda **kw: beam_search(dec, feats, 1, 2, beam_size=3, max_len=8, **kw)) if search == "beam" \
+        else (lambda **kw: greedy_search(dec, feats, 1, 2, max_len=8, **kw))
+    assert all(5 in h.tokens for h in run())
+    assert not any(5 in h.tokens for h in run(banned=(5,)))

@@ -76,6 +76,10 @@ class DecodeConfig:
     beam_size: int = 5
     max_len: int = 30
     length_penalty: float = 0.0  # 0: plain sum of log-probs; 1: mean log-prob per word
+    ban_unk: bool = True  # never output <unk> (a caption for people, not a placeholder)
+
+    def banned(self, vocab) -> tuple[int, ...]:
+        return (vocab.unk_id,) if self.ban_unk else ()
 
 
 @dataclass

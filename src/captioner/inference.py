@@ -35,7 +35,8 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].float() for k, v in features.items()}
         hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
-                            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty)
+                            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                            banned=model.config.decode.banned(model.vocab))
     return hyps
 
 

@@ -30,8 +30,10 @@ def _expand(ctx: dict[str, Tensor], k: int) -> dict[str, Tensor]:
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int = 5,
-                max_len: int = 30, length_penalty: float = 0.0) -> list[Hypothesis]:
+                max_len: int = 30, length_penalty: float = 0.0, banned: tuple[int, ...] = ()) -> list[Hypothesis]:
     """Decode a batch of images; returns the best hypothesis for each image, in batch order.
+
+    ``banned``: word ids never generated (besides <pad> and <start>), e.g. ``(vocab.unk_id,)``.
 
     Images whose result can no longer change are dropped from the computation (their rows are compacted
     away), so a batch costs what its images need, not what its slowest image needs.
@@ -58,7 +60,7 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
     for _ in range(max_len):
         logp, state, alpha = decoder.step(ctx, state, tokens)  # [B'*K, V]
         vocab, n_img = logp.size(1), scores.size(0)
-        _ban(logp, (decoder.pad_id, start_id))
+        _ban(logp, (decoder.pad_id, start_id, *banned))
         if bool(finished.any()):  # a finished beam may only continue with <end>, at no cost: its score stays
             logp[finished] = _end_only(vocab, end_id, logp)
         cand = (scores.unsqueeze(2) + logp.view(n_img, width, vocab)).view(n_img, width * vocab)  # [B', w*V]
@@ -160,7 +162,7 @@ def _end_only(vocab: int, end_id: int, like: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def greedy_search(decoder: Decoder, feats: Features, start_id: int, end_id: int,
-                  max_len: int = 30) -> list[Hypothesis]:
+                  max_len: int = 30, banned: tuple[int, ...] = ()) -> list[Hypothesis]:
     """Plain greedy decoding (argmax at every step); the reference that beam size 1 must equal."""
     ctx = decoder.encode(feats)
     state = decoder.init_state(ctx)
@@ -172,7 +174,7 @@ def greedy_search(decoder: Decoder, feats: Features, start_id: int, end_id: int,
     alphas: list[list[Tensor]] = [[] for _ in range(batch)]
     for _ in range(max_len):
         logp, state, alpha = decoder.step(ctx, state, tokens)
-        _ban(logp, (decoder.pad_id, start_id))
+        _ban(logp, (decoder.pad_id, start_id, *banned))
         best_logp, tokens = logp.max(dim=1)
         for i in range(batch):
             if done[i]:

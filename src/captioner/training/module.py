@@ -62,7 +62,8 @@ class CaptionModule(L.LightningModule):
         t = self.cfg.train
         hyps = beam_search(self.decoder, self.features(batch), self.vocab.start_id, self.vocab.end_id,
                            beam_size=t.val_beam_size, max_len=t.val_max_len,
-                           length_penalty=self.cfg.decode.length_penalty)
+                           length_penalty=self.cfg.decode.length_penalty,
+                           banned=self.cfg.decode.banned(self.vocab))
         for key, hyp in zip(batch["keys"], hyps, strict=True):
             self._val_captions[key] = " ".join(self.vocab.decode(hyp.tokens))
 

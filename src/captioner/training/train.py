@@ -70,8 +70,8 @@ def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records) -> Voc
     if resume:
         if not vocab_file.exists():
             raise CaptionerError(f"{out_dir}: nothing to resume (no vocab.json); start without --resume")
-        saved = yaml.safe_load(config_file.read_text())
-        if saved != cfg.to_dict():
+        saved = Config.from_dict(yaml.safe_load(config_file.read_text()), source=str(config_file))
+        if saved.to_dict() != cfg.to_dict():  # settings added since the run began count at their defaults
             raise CaptionerError(f"{config_file}: the run was started with a different config; "
                                  "resume with the same config or use another --out")
         return Vocab.load(vocab_file)
