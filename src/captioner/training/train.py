@@ -1,7 +1,7 @@
 """Train a captioner from a config: dataset -> feature cache -> vocab -> Lightning fit -> model file.
 
 A run folder holds everything about one training run:
-    config.yaml  vocab.json  checkpoints/{best,last}.ckpt  metrics.csv (CSV logs)  tb/ (TensorBoard)
+    config.yaml  vocab.json  checkpoints/{best,last}.ckpt  logs/metrics.csv (CSV logs; logs/resumeN/ after each --resume)  tb/ (TensorBoard)
     model.pt     the best checkpoint exported as state_dict + vocab + config (what `captioner caption` loads)
 """
 
@@ -65,13 +65,31 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+def _comparable(cfg: Config) -> dict:
+    """A config as resuming compares it: everything but train.max_epochs (a run may be extended)."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k != "max_epochs"}
+    return d
+
+
+def _log_version(out_dir: Path, resume: bool) -> str:
+    """logs/ for a new run; logs/resume1, logs/resume2, ... for each resumption. Lightning's CSV logger
+    empties a log folder it reuses, so a resumed run must never write to the one before it."""
+    if not resume or not (out_dir / "logs").exists():
+        return "logs"
+    n = 1
+    while (out_dir / "logs" / f"resume{n}").exists():
+        n += 1
+    return f"logs/resume{n}"
+
+
 def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records) -> Vocab:
     config_file, vocab_file = out_dir / "config.yaml", out_dir / "vocab.json"
     if resume:
         if not vocab_file.exists():
             raise CaptionerError(f"{out_dir}: nothing to resume (no vocab.json); start without --resume")
         saved = Config.from_dict(yaml.safe_load(config_file.read_text()), source=str(config_file))
-        if saved.to_dict() != cfg.to_dict():  # settings added since the run began count at their defaults
+        if _comparable(saved) != _comparable(cfg):  # settings added since the run began count at their defaults
             raise CaptionerError(f"{config_file}: the run was started with a different config; "
                                  "resume with the same config or use another --out")
         return Vocab.load(vocab_file)
@@ -139,7 +157,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     trainer = L.Trainer(
         max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=_precision(cfg),
         gradient_clip_val=t.grad_clip or None, deterministic=t.deterministic, callbacks=callbacks,
-        logger=[CSVLogger(out_dir, name="", version="logs"), TensorBoardLogger(out_dir, name="", version="tb")],
+        logger=[CSVLogger(out_dir, name="", version=_log_version(out_dir, resume)),
+                TensorBoardLogger(out_dir, name="", version="tb")],
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir,
         log_every_n_steps=max(1, min(50, len(train_loader) // 4)), num_sanity_val_steps=0)
     last = out_dir / "checkpoints" / "last.ckpt"
