@@ -42,10 +42,9 @@ def untrained_synth_model(tmp: Path) -> tuple[Path, Path]:
 
 
 def packaged_model() -> Path | None:
-    from importlib.resources import files
+    from captioner.checkpoint import PRETRAINED
 
-    path = Path(str(files("captioner") / "pretrained" / "model.pt"))
-    return path if path.exists() else None
+    return PRETRAINED if PRETRAINED.is_file() else None
 
 
 def main() -> None:

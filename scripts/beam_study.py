@@ -16,7 +16,7 @@ import torch
 from captioner.checkpoint import default_model_path, load_model
 from captioner.inference import decode_batches
 from captioner.metrics.coco import score_corpus
-from captioner.training.train import load_features
+from captioner.training.train import load_features, split_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 
@@ -30,8 +30,8 @@ def main() -> None:
     args = p.parse_args()
     model = load_model(args.model or default_model_path())
     _, records, _, cache = load_features(model.config, args.data, progress=False)
-    chosen = [r for r in records if r.split == args.split and r.name in cache.index and r.name not in cache.failed]
-    global_, grid = cache.load_rows([cache.index[r.name] for r in chosen])  # [n, D], [n, L, C]
+    chosen, rows = split_rows(records, cache, args.split)
+    global_, grid = cache.load_rows(rows)  # [n, D], [n, L, C]
     feats = {"global": global_, "grid": grid}
     refs = {r.name: r.captions_raw for r in chosen}
 

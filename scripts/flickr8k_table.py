@@ -81,7 +81,7 @@ def history(out: Path) -> dict:
                 e = epochs.setdefault(int(row["epoch"]), {"entropy": []})
                 if row.get("train/entropy"):
                     e["entropy"].append(float(row["train/entropy"]))
-                for key in ("val/bleu4", "val/cider", "time/train_epoch_s"):
+                for key in ("val/bleu4", "val/cider", "time/epoch_s"):
                     if row.get(key):
                         e[key] = float(row[key])
     return {n: {**e, "entropy": sum(e["entropy"]) / len(e["entropy"]) if e["entropy"] else None}

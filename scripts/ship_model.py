@@ -98,13 +98,10 @@ def _first_line(config: str) -> str:
 
 
 def _epochs(run: Path) -> str:
-    import csv
+    from flickr8k_table import history  # this folder's table script: one reader of a run's CSV logs
 
-    epochs = set()
-    for path in (run / "logs").glob("**/metrics.csv"):
-        with path.open() as f:
-            epochs |= {int(r["epoch"]) for r in csv.DictReader(f) if r.get("epoch") and r.get("val/bleu4")}
-    return f"{len(epochs)} epochs with validation so far" if epochs else "epochs unknown"
+    n = sum("val/bleu4" in e for e in history(run).values())
+    return f"{n} epochs with validation so far" if n else "epochs unknown"
 
 
 if __name__ == "__main__":

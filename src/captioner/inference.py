@@ -90,7 +90,7 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
              progress: bool = True) -> dict:
     """Caption every image of a split from the feature cache and score it with coco-caption."""
     from captioner.data.readers import load_dataset
-    from captioner.training.train import load_features
+    from captioner.training.train import load_features, split_rows
 
     if model.encoder_state is not None:  # a fine-tuned encoder: its features are not in any cache
         dataset = load_dataset(data)
@@ -100,9 +100,8 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     else:
         dataset, records, _, cache = load_features(model.config, data, cache_root, progress)
         failed = sorted(cache.failed)
-        chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
-        chosen = chosen[:limit] if limit else chosen
-        global_t, grid_t = cache.load_rows([cache.index[r.name] for r in chosen])  # [n, D], [n, L, C]
+        chosen, rows = split_rows(records, cache, split, limit)
+        global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
         feats = {"global": global_t, "grid": grid_t}
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")

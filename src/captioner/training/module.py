@@ -43,8 +43,8 @@ class CaptionModule(L.LightningModule):
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
 
-    def on_train_epoch_end(self) -> None:  # wall time of the training part of the epoch (no validation)
-        self.log("time/train_epoch_s", time.perf_counter() - self._epoch_start)
+    def on_train_epoch_end(self) -> None:  # Lightning calls this after the epoch's decoded validation
+        self.log("time/epoch_s", time.perf_counter() - self._epoch_start)  # wall time, validation included
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.decoder.loss(self.features(batch), batch["captions"])

@@ -52,8 +52,10 @@ def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None =
     return dataset, records, encoder, cache
 
 
-def _split_rows(records, cache, split):
+def split_rows(records, cache, split: str, limit: int | None = None):
+    """The records of ``split`` whose features are in the cache (failed images left out), and their rows."""
     chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+    chosen = chosen[:limit] if limit else chosen
     return chosen, [cache.index[r.name] for r in chosen]
 
 
@@ -118,8 +120,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         train_rows, val_rows = [rows_of[r.name] for r in train_records], [rows_of[r.name] for r in val_records]
     else:  # the default: encoder features from the cache
         dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress)
-        train_records, train_rows = _split_rows(records, cache, "train")
-        val_records, val_rows = _split_rows(records, cache, "val")
+        train_records, train_rows = split_rows(records, cache, "train")
+        val_records, val_rows = split_rows(records, cache, "val")
     if not train_records or not val_records:
         raise CaptionerError(f"{data}: needs images in both a 'train' and a 'val' split "
                              f"(found {dataset.splits()})")
