@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -29,3 +31,23 @@ def random_captions(batch: int, length: int = 7, seed: int = 0) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def untrained_model_file(path: Path, kind: str = "soft") -> Path:
+    """An untrained model on the tiny encoder (synth_KIND config): enough to exercise commands end to end.
+
+    Its <end> logit is pushed down so that it always says some words (up to the decoder's max_len): an
+    untrained model otherwise tends to end at once, and the drawing code would only ever see empty captions.
+    """
+    from captioner.checkpoint import CaptionModel, save_model
+    from captioner.config import load_config
+    from captioner.data.vocab import Vocab
+    from captioner.encoders import create_encoder
+
+    cfg = load_config(f"synth_{kind}")
+    vocab = Vocab.build([["a", "red", "circle", "above", "a", "blue", "square"]])
+    enc = create_encoder("tiny", weights="none")
+    decoder = build_decoder(cfg.model, len(vocab), enc.global_dim, enc.grid_dim).eval()
+    with torch.no_grad():
+        decoder.fc.bias[vocab.end_id] -= 8.0
+    return save_model(path, CaptionModel(decoder, vocab, cfg, enc.describe()))

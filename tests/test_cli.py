@@ -7,14 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.checkpoint import CaptionModel, save_model
 from captioner.cli import build_parser, main
-from captioner.config import load_config
-from captioner.data.vocab import Vocab
-from captioner.decoders import build_decoder
-from captioner.encoders import create_encoder
+from conftest import untrained_model_file
 
-COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "caption", "export"]
+COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "caption", "serve", "export"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -38,12 +34,7 @@ def test_every_command_explains_its_options(command, capsys):
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """An untrained soft-attention model on the tiny encoder: enough to exercise the caption command."""
-    cfg = load_config("synth_soft")
-    vocab = Vocab.build([["a", "red", "circle", "above", "a", "blue", "square"]])
-    enc = create_encoder("tiny", weights="none")
-    decoder = build_decoder(cfg.model, len(vocab), enc.global_dim, enc.grid_dim).eval()
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    return save_model(path, CaptionModel(decoder, vocab, cfg, enc.describe()))
+    return untrained_model_file(tmp_path_factory.mktemp("model") / "model.pt", "soft")
 
 
 def test_caption_reports_bad_images_and_captions_the_rest(model_file, tmp_path):
@@ -119,3 +110,14 @@ def test_export_half_then_caption_with_the_default_model(model_file, tmp_path, m
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nothing.pt" in err and "--model" in err
+
+
+def test_config_name_is_not_hidden_by_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`--config soft_lite0` run from a folder holding a run called soft_lite0 still means the shipped config."""
+    from captioner.config import CONFIG_DIR, resolve_config_path
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "soft_lite0").mkdir()
+    assert resolve_config_path("soft_lite0") == CONFIG_DIR / "soft_lite0.yaml"
+    (tmp_path / "mine.yaml").write_text("model: {type: soft}\n")
+    assert resolve_config_path("mine.yaml").resolve() == tmp_path / "mine.yaml"

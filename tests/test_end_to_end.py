@@ -49,7 +49,8 @@ def test_learns_far_above_shuffled_captions(trained, synth, kind, tmp_path):
     models, cache = trained
     model = load_model(models[kind])
     report = evaluate(model, synth, "test", beam_size=3, cache_root=cache, tokenizer="python",
-                      metrics=("bleu", "cider"), out=tmp_path / "report.json", progress=False)
+                      metrics=("bleu", "cider"), out=tmp_path / "report.json", progress=False,
+                      report_dir=tmp_path / "gallery")
     bleu4, cider = report["metrics"]["BLEU-4"], report["metrics"]["CIDEr-D"]
     base = shuffled_baseline(report)
     print(f"{kind}: test BLEU-4 {bleu4:.3f} CIDEr-D {cider:.2f}; shuffled captions: BLEU-4 {base['BLEU-4']:.3f} "
@@ -59,6 +60,9 @@ def test_learns_far_above_shuffled_captions(trained, synth, kind, tmp_path):
     assert bleu4 >= base["BLEU-4"] + 0.08
     assert cider >= 1.5 * base["CIDEr-D"]
     assert json.loads((tmp_path / "report.json").read_text())["images"] == 80
+    page = (tmp_path / "gallery" / "index.html").read_text()
+    assert page.count('class="card"') == 80 and len(list((tmp_path / "gallery" / "images").glob("*.jpg"))) == 80
+    assert report["captions"][0]["caption"] in page
 
 
 def _cells(box, size=64, grid=4):

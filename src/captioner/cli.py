@@ -1,4 +1,4 @@
-"""The ``captioner`` command: synth | prepare | features | train | evaluate | caption.
+"""The ``captioner`` command: synth | prepare | features | train | evaluate | caption | serve | export.
 
 Every problem with the user's input ends as one line on stderr (``error: <file>: <problem>``), exit code 2.
 """
@@ -18,6 +18,8 @@ EPILOG = """examples:
   captioner evaluate --model runs/synth_soft/model.pt --data data/synth --split test --beam-size 5
   captioner caption --model runs/synth_soft/model.pt photo1.jpg photo2.png
   captioner caption photo.jpg                      (the model shipped with captioner)
+  captioner caption photo.jpg --out shown/        (captioned image + per-word attention figure)
+  captioner serve                                  (web demo on http://127.0.0.1:8000/)
   captioner export runs/soft_lite0/model.pt small.pt --half
 """
 
@@ -80,10 +82,13 @@ def cmd_evaluate(args) -> None:
     model = load_model(args.model or default_model_path())
     metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
     report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
-                      args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress)
+                      args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress,
+                      report_dir=args.report)
     print_table(report)
     if args.out:
         print(f"per-image captions and scores written to {args.out}")
+    if args.report:
+        print(f"HTML gallery written to {Path(args.report) / 'index.html'}")
 
 
 def print_table(report: dict) -> None:
@@ -100,18 +105,61 @@ def print_table(report: dict) -> None:
 
 def cmd_caption(args) -> None:
     from captioner.checkpoint import default_model_path, load_model
-    from captioner.inference import caption_files
+    from captioner.inference import iter_captions
 
     model = load_model(args.model or default_model_path())
-    results, failures = caption_files(model, args.images, beam_size=args.beam_size, max_len=args.max_len)
-    for r in results:
-        print(f"{r['image']}: {r['caption']}" if len(args.images) > 1 else r["caption"])
-    for _path, message in failures:
-        print(f"skipped {message}", file=sys.stderr)
+    out = Path(args.out) if args.out else None
+    if out and out.exists() and not out.is_dir():
+        raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
+    if out and not model.decoder.has_attention:
+        print(f"note: this model ({model.config.model.type}) has no attention map; "
+              "writing captioned images only", file=sys.stderr)
+    results, failures, stems = [], [], set()
+    for path, image, outcome in iter_captions(model, args.images, beam_size=args.beam_size, max_len=args.max_len):
+        if image is None:
+            failures.append(outcome)
+            print(f"skipped {outcome}", file=sys.stderr)
+            continue
+        print(f"{path}: {outcome['caption']}" if len(args.images) > 1 else outcome["caption"], flush=True)
+        results.append(outcome | {"image": str(path)})
+        if out:
+            from captioner.viz.outputs import unique_stem, write_outputs
+
+            results[-1]["files"] = [p.name for p in write_outputs(out, unique_stem(path, stems), image, outcome,
+                                                                     model.decoder.has_attention)]
+    if out:
+        from captioner.io import write_json_atomic
+
+        write_json_atomic(out / "captions.json", {"model": model.config.model.type, "captions": results,
+                                                  "skipped": failures})
+        print(f"captioned images{' and attention figures' if model.decoder.has_attention else ''} "
+              f"written to {out}/", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(args.images)} images skipped", file=sys.stderr)
         if not results:
             raise SystemExit(2)
+
+
+def cmd_serve(args) -> None:
+    import uvicorn
+
+    from captioner.checkpoint import default_model_path
+    from captioner.serve.app import create_app
+
+    models = {}
+    for spec in args.model or [str(default_model_path())]:
+        name, sep, path = spec.partition("=")
+        if not sep:  # a bare path: named after its run folder (runs/soft_lite0/model.pt -> soft_lite0)
+            path = spec
+            name = Path(spec).parent.name if Path(spec).stem == "model" else Path(spec).stem
+            name = "shipped" if Path(spec) == default_model_path() else name
+        if name in models:
+            raise CaptionerError(f"serve: two models named '{name}'; name them with --model NAME=PATH")
+        models[name] = path
+    app = create_app(models, max_upload_mb=args.max_upload_mb)
+    print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 def cmd_export(args) -> None:
@@ -175,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
     s.add_argument("--limit", type=int, help="score only the first N images of the split")
     s.add_argument("--out", help="JSON file for the metric table and per-image captions and scores")
+    s.add_argument("--report", metavar="DIR", help="write an HTML gallery of the split to DIR/index.html: "
+                   "every image with its caption, references and scores, sortable best and worst")
     s.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "python"],
                    help="ptb: coco-caption's Java PTB tokenizer; python: our copy of it; auto: ptb if Java exists")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
@@ -188,7 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
     s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
+                   "attention figure (NAME.attention.png) and captions.json")
     s.set_defaults(func=cmd_caption)
+
+    s = sub.add_parser("serve", help="start the local web demo and JSON API (POST /api/caption)")
+    s.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                   help="model file to offer (repeatable; default: the model shipped with captioner)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("export", help="write a model file (from a model.pt or a run's checkpoint), e.g. in fp16")
     s.add_argument("model", help="model file (model.pt) or a run's Lightning checkpoint")

@@ -130,13 +130,13 @@ def available_configs() -> list[str]:
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A YAML path, or the name of a config shipped in ``captioner/configs`` (e.g. ``soft_lite0``)."""
     path = Path(name_or_path)
+    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
+    if path.suffix not in (".yaml", ".yml") and not path.is_file() and shipped.is_file():
+        return shipped  # a name; a folder of that name (e.g. a run called soft_lite0) does not hide it
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise file_error(path, "no such config file")
         return path
-    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
     raise CaptionerError(f"{name_or_path}: no such config file or shipped config ({', '.join(available_configs())})")
 
 

@@ -43,35 +43,64 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
 def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
                   batch_size: int = 16, encoder=None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Caption image files. Returns (results, failures); a bad file is reported, the rest still captioned."""
-    kept, feats, failures = encode_images(encoder or model_encoder(model), paths, batch_size)
-    if not kept:
-        return [], failures
-    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
-    return [hypothesis_dict(model, hyp) | {"image": str(p)} for p, hyp in zip(kept, hyps, strict=True)], failures
+    results, failures = [], []
+    for path, _image, outcome in iter_captions(model, paths, beam_size, max_len, batch_size, encoder):
+        if isinstance(outcome, str):
+            failures.append((str(path), outcome))
+        else:
+            results.append(outcome | {"image": str(path)})
+    return results, failures
 
 
-def encode_images(encoder, paths: list, batch_size: int = 32):
-    """Encoder features of image files, computed now (no cache).
+def iter_captions(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
+                  batch_size: int = 16, encoder=None):
+    """Caption image files ``batch_size`` at a time (memory stays flat for any number of files).
 
-    Returns (the paths that could be read, {"global": [N, D], "grid": [N, L, C]}, [(path, error), ...]).
+    Yields ``(path, image, result)`` in input order: ``result`` is a :func:`hypothesis_dict`, or for a file
+    that could not be read ``image`` is None and ``result`` the one-line error message.
     """
+    encoder = encoder or model_encoder(model)
+    for i in range(0, len(paths), batch_size):
+        chunk = paths[i : i + batch_size]
+        images, errors = read_images(chunk)
+        kept = [img for img in images if img is not None]
+        results = iter(caption_images(model, kept, beam_size, max_len, encoder)) if kept else iter(())
+        for path, img, err in zip(chunk, images, errors, strict=True):
+            yield path, img, err if img is None else next(results)
+
+
+def read_images(paths: list) -> tuple[list, list[str | None]]:
+    """Load image files: ([PIL image or None], [None or the one-line error]) in input order."""
     from captioner.data.images import load_image
 
-    encoder.freeze()
-    kept, tensors, failures = [], [], []
+    images, errors = [], []
     for p in paths:
         try:
-            tensors.append(encoder.preprocess(load_image(p)))
-            kept.append(p)
+            images.append(load_image(p))
+            errors.append(None)
         except CaptionerError as e:
-            failures.append((str(p), str(e)))
-    if not kept:
-        return kept, {}, failures
+            images.append(None)
+            errors.append(str(e))
+    return images, errors
+
+
+def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_len: int = 30,
+                   encoder=None) -> list[dict]:
+    """Caption PIL images (already loaded): one :func:`hypothesis_dict` each."""
+    feats = encode_images(encoder or model_encoder(model), images)
+    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
+    return [hypothesis_dict(model, hyp) for hyp in hyps]
+
+
+def encode_images(encoder, images: list, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """Encoder features of PIL images, computed now (no cache): {"global": [N, D], "grid": [N, L, C]}."""
+    encoder.freeze()
+    tensors = [encoder.preprocess(img) for img in images]  # [3, S, S] each
     outputs = []
     with torch.inference_mode():
         for i in range(0, len(tensors), batch_size):
             outputs.append(encoder(torch.stack(tensors[i : i + batch_size])))  # ([b, D], [b, L, C])
-    return kept, {"global": torch.cat([g for g, _ in outputs]), "grid": torch.cat([x for _, x in outputs])}, failures
+    return {"global": torch.cat([g for g, _ in outputs]), "grid": torch.cat([x for _, x in outputs])}
 
 
 def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
@@ -87,16 +116,22 @@ def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
 def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
              cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
              metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
-             progress: bool = True) -> dict:
-    """Caption every image of a split from the feature cache and score it with coco-caption."""
+             progress: bool = True, report_dir: str | Path | None = None) -> dict:
+    """Caption every image of a split from the feature cache and score it with coco-caption.
+
+    ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
+    """
     from captioner.data.readers import load_dataset
     from captioner.training.train import load_features, split_rows
 
     if model.encoder_state is not None:  # a fine-tuned encoder: its features are not in any cache
         dataset = load_dataset(data)
         by_path = {r.image: r for r in dataset.records if r.split == split}
-        paths, feats, failures = encode_images(model_encoder(model), list(by_path)[:limit])
-        chosen, failed = [by_path[p] for p in paths], sorted(Path(p).name for p, _ in failures)
+        paths = list(by_path)[:limit]
+        images, errors = read_images(paths)
+        chosen = [by_path[p] for p, img in zip(paths, images, strict=True) if img is not None]
+        failed = sorted(Path(p).name for p, err in zip(paths, errors, strict=True) if err)
+        feats = encode_images(model_encoder(model), [img for img in images if img is not None]) if chosen else {}
     else:
         dataset, records, _, cache = load_features(model.config, data, cache_root, progress)
         failed = sorted(cache.failed)
@@ -118,4 +153,8 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     }
     if out:
         write_json_atomic(out, report)
+    if report_dir:
+        from captioner.viz.report import write_report
+
+        write_report(report, report_dir, {r.name: r.image for r in chosen})
     return report

@@ -1,5 +1,6 @@
 """Reading images robustly (one clear error per bad file) and turning them into encoder input."""
 
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,21 +24,34 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     _check_file(path)
+    return _decode(path, path)
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for bytes already in memory (an upload); errors name ``name``.
+
+    ``max_pixels``: a lower size limit than Pillow's (a server's), checked before decoding."""
+    if not data:
+        raise file_error(name, "empty file")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, label, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                _check_pixel_count(path, img)
+            with Image.open(source) as img:
+                _check_pixel_count(label, img, max_pixels)
                 img.load()  # decode now, so a truncated file fails here
                 return to_rgb(_upright(img))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise file_error(path, "image too large (possible decompression bomb)") from None
+        raise file_error(label, "image too large (possible decompression bomb)") from None
     except UnidentifiedImageError:
-        raise file_error(path, "not an image (unknown or unsupported format)") from None
+        raise file_error(label, "not an image (unknown or unsupported format)") from None
     except PermissionError:
-        raise file_error(path, "permission denied") from None
+        raise file_error(label, "permission denied") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise file_error(path, f"corrupt or truncated image ({e})") from None
+        raise file_error(label, f"corrupt or truncated image ({e})") from None
 
 
 def _check_file(path: Path) -> None:
@@ -50,8 +64,8 @@ def _check_file(path: Path) -> None:
         raise file_error(path, "empty file")
 
 
-def _check_pixel_count(path: Path, img: Image.Image) -> None:
-    limit = Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
+def _check_pixel_count(path, img: Image.Image, max_pixels: int | None = None) -> None:
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS or DEFAULT_MAX_PIXELS
     width, height = img.size
     if width * height > limit:
         raise file_error(path, f"image too large ({width}x{height} pixels, limit {limit})")

@@ -1,0 +1,1 @@
+"""``captioner serve``: a local web demo and JSON API (FastAPI)."""
