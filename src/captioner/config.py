@@ -65,7 +65,8 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"  # auto (bf16/16-mixed on CUDA, 32 on CPU) | 32 | 16-mixed | bf16-mixed
     accelerator: str = "auto"
-    devices: str | int = "auto"
+    devices: str | int = "auto"  # processes per machine; more than 1 trains with DDP (batch_size is the total)
+    num_nodes: int = 1  # machines (torchrun / SLURM set both themselves)
     num_workers: int = 0
     deterministic: bool = True
     bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)

@@ -30,6 +30,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.data.records import ImageRecord
+from captioner.distributed import barrier, merge_dicts, rank_and_world
 from captioner.encoders.base import Encoder
 from captioner.errors import CaptionerError, file_error
 from captioner.io import write_json_atomic
@@ -163,6 +164,7 @@ def get_or_extract(records: Sequence[ImageRecord], encoder: Encoder, root: str |
         check_matches(out_dir, meta, {**encoder.describe(), "fingerprint": fingerprint})
         if meta.get("complete") and set(meta["names"]) >= {r.name for r in records}:
             return FeatureCache.open(out_dir)
+    barrier()  # every process has looked before any of them starts rewriting meta.json
     return extract_features(records, encoder, out_dir, fingerprint=fingerprint, **kw)
 
 
@@ -175,17 +177,29 @@ def extract_features(records: Sequence[ImageRecord], encoder: Encoder, out_dir: 
     A directory holding another encoder's or dataset's features is refused unless ``overwrite``.
     Images decode in ``num_workers`` DataLoader processes (0: in this process). On CUDA the encoder runs
     under fp16 autocast. The encoder's mode and device are restored afterwards.
+
+    In a multi-process run (DDP) the processes share the work: process r encodes every world-th missing
+    image starting at r, into the same files; process 0 alone writes meta.json.
     """
     out_dir = Path(out_dir)
+    rank, world = rank_and_world()
     paths = unique_images(records)
     names = list(paths)
-    meta, resume = _start_meta(out_dir, encoder, names, fingerprint, overwrite)
-    arrays = _Arrays.open_or_create(out_dir, len(names), encoder, fresh=not resume)
-    todo = np.flatnonzero(~arrays.done).tolist()
+    if rank == 0:
+        meta, resume = _start_meta(out_dir, encoder, names, fingerprint, overwrite)
+        arrays = _Arrays.open_or_create(out_dir, len(names), encoder, fresh=not resume)
+    barrier()  # the files exist: the other processes open them as they are
+    if rank != 0:
+        meta, arrays = read_meta(out_dir), _Arrays.open_or_create(out_dir, len(names), encoder, fresh=False)
+    todo = np.flatnonzero(~arrays.done).tolist()[rank::world]
     images = _ImageFiles([paths[names[row]] for row in todo], todo, encoder.preprocess)
-    failed = _encode_all(encoder, images, arrays, batch_size, num_workers, torch.device(device), progress)
-    write_json_atomic(out_dir / META, {**meta, "failed": failed, "complete": True})
-    _report_failures(out_dir, failed)
+    failed = _encode_all(encoder, images, arrays, batch_size, num_workers, torch.device(device),
+                         progress and rank == 0)
+    failed = merge_dicts(failed)  # waits for every process's share
+    if rank == 0:
+        write_json_atomic(out_dir / META, {**meta, "failed": failed, "complete": True})
+        _report_failures(out_dir, failed)
+    barrier()
     return FeatureCache.open(out_dir)
 
 

@@ -51,15 +51,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class Server(str):
+    """The base URL of a running server (a str), with the server's process id as ``.pid``."""
+
+    pid: int
+
+
 @contextmanager
-def running_server(models: list[str], timeout: float = 60):
-    """``captioner serve --model M ...`` on a free loopback port; yields its base URL."""
+def running_server(models: list[str], timeout: float = 60, extra_args: tuple[str, ...] = ()):
+    """``captioner serve --model M ...`` on a free loopback port; yields its base URL (a :class:`Server`)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "captioner.cli", "serve", "--port", str(port)]
+    cmd = [sys.executable, "-m", "captioner.cli", "serve", "--port", str(port), *extra_args]
     for m in models:
         cmd += ["--model", m]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    url = Server(f"http://127.0.0.1:{port}")
+    url.pid = proc.pid
     try:
         deadline = time.time() + timeout
         while True:

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
+from captioner.distributed import rank_and_world
 
 
 def encode_captions(records: list[ImageRecord], rows: list[int], vocab: Vocab,
@@ -80,9 +81,20 @@ class ShuffledBatches(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return (self.n + self.batch_size - 1) // self.batch_size
+        return sum(1 for _ in self)
 
     def __iter__(self):
+        """This process's part of each batch: in a run of W processes (DDP) batch_size is the total over
+        them, and process r takes every W-th item of each batch from the r-th on, so W processes go through
+        the same batches, in the same order, as one process would. Training drops a last batch too small
+        to give every process a part (all must take the same number of steps); evaluation keeps it."""
+        rank, world = rank_and_world()
+        for batch in self._batches():
+            part = batch[rank::world]
+            if part and (len(batch) >= world or not self.shuffle):
+                yield part
+
+    def _batches(self):
         if not self.shuffle:
             order = list(range(self.n))
             yield from (order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size))
@@ -106,8 +118,10 @@ def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
                  bucket_by_length: bool = False) -> DataLoader:
     lengths = (dataset.captions != 0).sum(1) if bucket_by_length else None  # [N] caption lengths
     sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle, lengths)
+    # its own generator: starting an epoch's iterator then draws nothing from the global RNG, whose stream
+    # (dropout, hard attention's samples) is reseeded per epoch so that resumed runs repeat it exactly
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                      collate_fn=_identity)
+                      collate_fn=_identity, generator=torch.Generator().manual_seed(seed))
 
 
 def _identity(batch):

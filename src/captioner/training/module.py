@@ -13,6 +13,7 @@ from captioner.config import Config
 from captioner.data.vocab import Vocab
 from captioner.decoders import build_decoder
 from captioner.decoding import beam_search
+from captioner.distributed import merge_dicts, spread
 from captioner.metrics.coco import score_corpus
 
 
@@ -42,9 +43,19 @@ class CaptionModule(L.LightningModule):
     # ---- training -------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self._epoch_start = time.perf_counter()
+        # dropout and hard attention's sampling draw from the global RNG: seed it from (seed, epoch, rank) so
+        # that a run resumed from an epoch's checkpoint makes the same draws as one never interrupted
+        torch.manual_seed(self.cfg.train.seed * 1_000_003 + 1_009 * self.current_epoch + self.global_rank)
 
     def on_train_epoch_end(self) -> None:  # Lightning calls this after the epoch's decoded validation
-        self.log("time/epoch_s", time.perf_counter() - self._epoch_start)  # wall time, validation included
+        self.log("time/epoch_s", time.perf_counter() - self._epoch_start, sync_dist=True)  # wall time, validation incl.
+        if self.trainer.world_size > 1:  # DDP: every process must hold the same weights
+            checksum = sum(float(p.detach().double().sum()) for p in self.parameters())
+            gap = spread(checksum)
+            self.log("train/process_weight_gap", gap, sync_dist=True)
+            if gap > 0:
+                raise RuntimeError(f"DDP processes out of sync after epoch {self.current_epoch + 1} "
+                                   f"(weight checksums differ by {gap})")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         terms = self.decoder.loss(self.features(batch), batch["captions"])
@@ -68,16 +79,19 @@ class CaptionModule(L.LightningModule):
             self._val_captions[key] = " ".join(self.vocab.decode(hyp.tokens))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_captions or not self.val_references:
+        captions = merge_dicts(self._val_captions)  # DDP: each process decoded part of the images
+        if not captions or not self.val_references:
             return
-        refs = {k: self.val_references[k] for k in self._val_captions}
-        scores, _ = score_corpus(self._val_captions, refs, metrics=("bleu", "cider"), tokenizer="python")
-        self.log("val/bleu4", scores["BLEU-4"], prog_bar=True)
-        self.log("val/bleu1", scores["BLEU-1"])
-        self.log("val/cider", scores["CIDEr-D"], prog_bar=True)
-        lengths = [len(c.split()) for c in self._val_captions.values()]
-        self.log("val/mean_length", sum(lengths) / len(lengths))
-        self.log("val/distinct_words", float(len({w for c in self._val_captions.values() for w in c.split()})))
+        refs = {k: self.val_references[k] for k in captions}
+        # scored whole on every process (same numbers everywhere: checkpointing and early stopping agree)
+        scores, _ = score_corpus(captions, refs, metrics=("bleu", "cider"), tokenizer="python")
+        lengths = [len(c.split()) for c in captions.values()]
+        for name, value, shown in [("bleu4", scores["BLEU-4"], True), ("bleu1", scores["BLEU-1"], False),
+                                   ("cider", scores["CIDEr-D"], True),
+                                   ("mean_length", sum(lengths) / len(lengths), False),
+                                   ("distinct_words", float(len({w for c in captions.values() for w in c.split()})),
+                                    False)]:
+            self.log(f"val/{name}", value, prog_bar=shown, sync_dist=True)
 
     # ---- optimisation ---------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -14,15 +14,18 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy
 
 from captioner.checkpoint import CaptionModel, save_model
 from captioner.config import Config
 from captioner.data.readers import dataset_fingerprint, load_dataset
 from captioner.data.vocab import Vocab
+from captioner.distributed import barrier, join_early, processes_per_node
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.features import get_or_extract
-from captioner.io import write_text_atomic
+from captioner.io import torch_save_atomic, write_text_atomic
 from captioner.training.data import (
     CaptionBatches,
     ImageBatches,
@@ -67,6 +70,12 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+def _backend(cfg: Config) -> str:
+    """The process-group backend for multi-process runs: NCCL between GPUs, gloo on CPUs."""
+    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+    return "nccl" if gpu else "gloo"
+
+
 def _comparable(cfg: Config) -> dict:
     """A config as resuming compares it: everything but train.max_epochs (a run may be extended)."""
     d = cfg.to_dict()
@@ -109,6 +118,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     """Train the model a config describes; returns the path of the exported best model (model.pt)."""
     out_dir = Path(out_dir)
     t = cfg.train
+    join_early(_backend(cfg))  # torchrun / SLURM: all processes from here on, sharing the feature extraction
     L.seed_everything(t.seed, workers=True)
     if cfg.encoder.finetune:  # features computed in the loop from the images
         dataset = load_dataset(data)
@@ -145,6 +155,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     val_loader = batch_loader(val_set, max(t.batch_size, 50), shuffle=False, num_workers=t.num_workers)
 
     desc = encoder.describe()
+    L.seed_everything(t.seed, workers=True, verbose=False)  # the same initial weights whether or not this
+    # run had to extract features first (extraction draws from the RNG)
     module = CaptionModule(cfg.to_dict(), vocab.to_dict(), encoder.global_dim, encoder.grid_dim, desc)
     module.val_references = {r.name: r.captions_raw for r in val_records}
     if cfg.encoder.finetune:
@@ -156,8 +168,13 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
                  LearningRateMonitor(logging_interval="epoch")]
     if progress:
         callbacks.append(RichProgressBar())
+    devices, num_nodes = processes_per_node(t.devices)
+    several = num_nodes > 1 or str(devices) not in ("auto", "1") or t.num_nodes > 1
     trainer = L.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=t.devices, precision=_precision(cfg),
+        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=devices, num_nodes=max(num_nodes, t.num_nodes),
+        strategy=DDPStrategy(process_group_backend=_backend(cfg)) if several else "auto",
+        use_distributed_sampler=False,  # our batch sampler gives each process its part of every batch
+        precision=_precision(cfg), plugins=[AtomicCheckpointIO()],
         gradient_clip_val=t.grad_clip or None, deterministic=t.deterministic, callbacks=callbacks,
         logger=[CSVLogger(out_dir, name="", version=_log_version(out_dir, resume)),
                 TensorBoardLogger(out_dir, name="", version="tb")],
@@ -165,7 +182,18 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         log_every_n_steps=max(1, min(50, len(train_loader) // 4)), num_sanity_val_steps=0)
     last = out_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume and last.exists() else None)
-    return export_best(best, module, out_dir, vocab, cfg, desc)
+    if trainer.is_global_zero:
+        export_best(best, module, out_dir, vocab, cfg, desc)
+    barrier()  # the other processes return once model.pt is there
+    return out_dir / "model.pt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written like every other file here: temp file, fsync, rename. A run killed
+    while saving keeps its previous checkpoint intact instead of a half-written one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        torch_save_atomic(path, checkpoint)
 
 
 def export_best(best: ModelCheckpoint, module: CaptionModule, out_dir: Path, vocab: Vocab, cfg: Config,
