@@ -121,3 +121,19 @@ def test_config_name_is_not_hidden_by_a_folder_of_that_name(tmp_path, monkeypatc
     assert resolve_config_path("soft_lite0") == CONFIG_DIR / "soft_lite0.yaml"
     (tmp_path / "mine.yaml").write_text("model: {type: soft}\n")
     assert resolve_config_path("mine.yaml").resolve() == tmp_path / "mine.yaml"
+
+
+def test_evaluate_scores_the_readable_images_and_names_the_rest(model_file, tmp_path):
+    from captioner.data.synth import make_synth
+
+    data = make_synth(tmp_path / "synth", n_train=8, n_val=6, n_test=2, size=32)
+    val = (data / "splits" / "val.txt").read_text().split()
+    (data / "images" / val[0]).write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    result = run_cli("evaluate", "--model", str(model_file), "--data", str(data), "--split", "val", "--no-meteor",
+                     "--cache", str(tmp_path / "cache"), "--no-progress", "--out", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr
+    assert "CIDEr-D" in result.stdout and "Traceback" not in result.stderr
+    assert f"1 images could not be read and are not scored: {val[0]}" in result.stderr
+    import json
+
+    assert json.loads((tmp_path / "r.json").read_text())["images"] == len(val) - 1

@@ -84,3 +84,19 @@ def test_checkpoint_writes_are_atomic(tmp_path):
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert torch.load(path, weights_only=True)["epoch"] == 1
+
+
+def test_resume_with_another_config_is_refused(tmp_path):
+    import pytest
+
+    from captioner.errors import CaptionerError
+
+    data = make_synth(tmp_path / "synth", n_train=20, n_val=4, n_test=2, size=32)
+    quick = ["train.batch_size=16", "model.embed_dim=16", "model.hidden_dim=16", "model.attention_dim=8",
+             "train.max_epochs=1"]
+    train(load_config("synth_soft", quick), data, tmp_path / "run", tmp_path / "cache", progress=False)
+    with pytest.raises(CaptionerError, match="config.yaml: the run was started with a different config"):
+        train(load_config("synth_soft", [*quick, "model.hidden_dim=32"]), data, tmp_path / "run",
+              tmp_path / "cache", resume=True, progress=False)
+    with pytest.raises(CaptionerError, match="holds a previous run; pass --resume"):
+        train(load_config("synth_soft", quick), data, tmp_path / "run", tmp_path / "cache", progress=False)

@@ -85,6 +85,9 @@ def cmd_evaluate(args) -> None:
                       args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress,
                       report_dir=args.report)
     print_table(report)
+    if report["skipped"]:
+        shown = ", ".join(report["skipped"][:5]) + (" ..." if len(report["skipped"]) > 5 else "")
+        print(f"{len(report['skipped'])} images could not be read and are not scored: {shown}", file=sys.stderr)
     if args.out:
         print(f"per-image captions and scores written to {args.out}")
     if args.report:
