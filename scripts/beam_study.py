@@ -39,7 +39,7 @@ def main() -> None:
              "|---|---|---|---|---|"]
     for beam in (int(b) for b in args.beams.split(",")):
         start = time.perf_counter()
-        hyps = decode_batches(model, feats, beam, 30, model.config.decode.length_penalty)
+        hyps = decode_batches(model, feats, beam, 30)
         seconds = time.perf_counter() - start
         caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
         scores, _ = score_corpus(caps, refs, metrics=("bleu", "cider"))

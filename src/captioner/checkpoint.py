@@ -108,3 +108,27 @@ def load_model(path: str | Path) -> CaptionModel:
     if encoder_state is not None:
         encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state.items()}
     return CaptionModel(decoder, vocab, config, dict(encoder), dict(metrics), encoder_state)
+
+
+def load_models(paths: list[str | Path]) -> CaptionModel:
+    """One model file, or several decoding as a test-time ensemble (:class:`EnsembleDecoder`).
+
+    The members must share the vocabulary and the encoder features (same encoder, weights, input size and
+    grid) and must not carry fine-tuned encoders; decoding settings come from the first.
+    """
+    from captioner.decoders.ensemble import EnsembleDecoder
+
+    models = [load_model(p) for p in paths]
+    if len(models) == 1:
+        return models[0]
+    first = models[0]
+    keys = ("name", "weights", "input_size", "grid_size")
+    for path, m in zip(paths[1:], models[1:], strict=True):
+        if m.vocab != first.vocab:
+            raise file_error(path, f"cannot join an ensemble with {paths[0]}: different vocabularies")
+        if any(m.encoder.get(k) != first.encoder.get(k) for k in keys):
+            raise file_error(path, f"cannot join an ensemble with {paths[0]}: features of another encoder")
+    if any(m.encoder_state is not None for m in models):
+        raise file_error(paths[0], "models with fine-tuned encoders cannot be ensembled")
+    return CaptionModel(EnsembleDecoder([m.decoder for m in models]).eval(), first.vocab, first.config,
+                        first.encoder, {"ensemble": [str(p) for p in paths]})

@@ -76,10 +76,10 @@ def cmd_train(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from captioner.checkpoint import default_model_path, load_model
+    from captioner.checkpoint import default_model_path, load_models
     from captioner.inference import evaluate
 
-    model = load_model(args.model or default_model_path())
+    model = load_models(args.model or [default_model_path()])
     metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
     report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
                       args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress,
@@ -107,10 +107,10 @@ def print_table(report: dict) -> None:
 
 
 def cmd_caption(args) -> None:
-    from captioner.checkpoint import default_model_path, load_model
+    from captioner.checkpoint import default_model_path, load_models
     from captioner.inference import iter_captions
 
-    model = load_model(args.model or default_model_path())
+    model = load_models(args.model or [default_model_path()])
     out = Path(args.out) if args.out else None
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
@@ -218,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("evaluate", help="caption a split and score it (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D)")
-    s.add_argument("--model", help="model file (model.pt) or a run's Lightning checkpoint "
-                   "(default: the model shipped with captioner)")
+    s.add_argument("--model", action="append", help="model file (model.pt) or a run's Lightning checkpoint "
+                   "(default: the model shipped with captioner); repeat it to decode with an ensemble")
     s.add_argument("--data", required=True, help=data_help)
     s.add_argument("--split", default="val", help="split to score (default val)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
@@ -236,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("caption", help="print one caption per image file")
-    s.add_argument("--model", help="model file (model.pt) or a run's Lightning checkpoint "
-                   "(default: the model shipped with captioner)")
+    s.add_argument("--model", action="append", help="model file (model.pt) or a run's Lightning checkpoint "
+                   "(default: the model shipped with captioner); repeat it to decode with an ensemble")
     s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
     s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")

@@ -29,6 +29,8 @@ class ModelConfig:
     baseline_decay: float = 0.9  # moving-average baseline b <- decay * b + (1 - decay) * log p(y|s)
     expected_context_prob: float = 0.5  # use the expected (soft) context for this fraction of captions
     hard_inference: str = "argmax"  # context at decoding time: argmax | expected | sample
+    glove: str | None = None  # word vectors in GloVe text format to start the embedding from (dims = embed_dim)
+    freeze_embeddings: bool = False  # keep the word embedding fixed (e.g. GloVe vectors as they are)
 
 
 @dataclass
@@ -70,6 +72,12 @@ class TrainConfig:
     num_workers: int = 0
     deterministic: bool = True
     bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)
+    label_smoothing: float = 0.0  # e.g. 0.1: the target keeps 0.9 of its weight, the rest spread over the vocab
+    # scheduled sampling: the probability of feeding the model its own sampled word instead of the reference
+    # rises linearly from 0 at epoch ss_start to ss_max over ss_ramp epochs (0: off)
+    ss_max: float = 0.0
+    ss_start: int = 0
+    ss_ramp: int = 5
 
 
 @dataclass
@@ -78,9 +86,16 @@ class DecodeConfig:
     max_len: int = 30
     length_penalty: float = 0.0  # 0: plain sum of log-probs; 1: mean log-prob per word
     ban_unk: bool = True  # never output <unk> (a caption for people, not a placeholder)
+    block_ngram: int = 0  # n > 1: a caption never repeats an n-gram (3 stops "a man in a man in a ...")
+    repetition_penalty: float = 0.0  # nats off a word's log-probability per earlier use in the caption
 
     def banned(self, vocab) -> tuple[int, ...]:
         return (vocab.unk_id,) if self.ban_unk else ()
+
+    def search_options(self, vocab) -> dict:
+        """The beam-search keyword arguments these settings give (besides beam size and length)."""
+        return dict(length_penalty=self.length_penalty, banned=self.banned(vocab), block_ngram=self.block_ngram,
+                    repetition_penalty=self.repetition_penalty)
 
 
 @dataclass
@@ -122,6 +137,8 @@ class Config:
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
         if self.model.hard_inference not in ("argmax", "expected", "sample"):
             raise file_error(source, "model.hard_inference must be argmax, expected or sample")
+        if not 0 <= self.train.label_smoothing < 1 or not 0 <= self.train.ss_max <= 1:
+            raise file_error(source, "train.label_smoothing must be in [0, 1) and train.ss_max in [0, 1]")
 
 
 def available_configs() -> list[str]:

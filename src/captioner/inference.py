@@ -28,15 +28,16 @@ def model_encoder(model: CaptionModel, weights: str | None = None):
 
 
 def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
-                   max_len: int = 30, length_penalty: float = 0.0, batch_size: int = 100) -> list[Hypothesis]:
-    """Beam-search every row of ``features`` ({"global": [N, D], "grid": [N, L, C]}), ``batch_size`` at a time."""
+                   max_len: int = 30, batch_size: int = 100) -> list[Hypothesis]:
+    """Beam-search every row of ``features`` ({"global": [N, D], "grid": [N, L, C]}), ``batch_size`` at a
+    time, with the model's decoding settings (length penalty, banned words, n-gram blocking, ...)."""
     n = next(iter(features.values())).size(0)
+    options = model.config.decode.search_options(model.vocab)
     hyps: list[Hypothesis] = []
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].float() for k, v in features.items()}
         hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
-                            beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
-                            banned=model.config.decode.banned(model.vocab))
+                            beam_size=beam_size, max_len=max_len, **options)
     return hyps
 
 
@@ -88,7 +89,7 @@ def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_le
                    encoder=None) -> list[dict]:
     """Caption PIL images (already loaded): one :func:`hypothesis_dict` each."""
     feats = encode_images(encoder or model_encoder(model), images)
-    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
+    hyps = decode_batches(model, feats, beam_size, max_len)
     return [hypothesis_dict(model, hyp) for hyp in hyps]
 
 
@@ -140,7 +141,7 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
         feats = {"global": global_t, "grid": grid_t}
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
-    hyps = decode_batches(model, feats, beam_size, max_len, model.config.decode.length_penalty)
+    hyps = decode_batches(model, feats, beam_size, max_len)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}
     corpus, per_image = score_corpus(candidates, references, metrics=metrics, tokenizer=tokenizer)

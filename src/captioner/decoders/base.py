@@ -43,21 +43,31 @@ class Decoder(nn.Module):
         return F.log_softmax(logits.float(), dim=-1), state, alpha  # [B, V]
 
     # ---- training ---------------------------------------------------------------------------------
-    def teacher_forcing(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
+    def teacher_forcing(self, feats: Features, captions: Tensor, sample_prob: float = 0.0) -> dict[str, Tensor]:
         """Run the step function over ``captions[:, :-1]`` (``<start> w1 .. wn``), predicting ``captions[:, 1:]``.
+
+        ``sample_prob``: scheduled sampling (Bengio et al. 2015): each next input word is, with this
+        probability, a word sampled from the model's own prediction instead of the reference word.
 
         Returns logits [B, T-1, V], and for attention models alphas [B, T-1, L] (plus locs [B, T-1] for hard).
         """
         ctx = self.encode(feats)
         state = self.init_state(ctx)
         logits, alphas, locs = [], [], []
+        prev = captions[:, 0]  # [B]
         for t in range(captions.size(1) - 1):
-            step_logits, state, alpha = self.step_logits(ctx, state, captions[:, t])
+            step_logits, state, alpha = self.step_logits(ctx, state, prev)
             logits.append(step_logits)
             if alpha is not None:
                 alphas.append(alpha)
             if "loc" in state:
                 locs.append(state["loc"])
+            if t + 2 < captions.size(1):
+                prev = captions[:, t + 1]
+                if sample_prob > 0:
+                    own = torch.multinomial(F.softmax(step_logits.detach().float(), dim=-1), 1).squeeze(1)  # [B]
+                    use_own = torch.rand(prev.shape, device=prev.device) < sample_prob
+                    prev = torch.where(use_own, own, prev)
         out = {"logits": torch.stack(logits, 1)}  # [B, T-1, V]
         if alphas:
             out["alphas"] = torch.stack(alphas, 1)  # [B, T-1, L]
@@ -66,15 +76,23 @@ class Decoder(nn.Module):
         out.update({k: v for k, v in ctx.items() if k.startswith("flag_")})
         return out
 
-    def loss(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
-        """Masked cross-entropy per word (+ model-specific terms). ``loss`` is what to minimise."""
-        out = self.teacher_forcing(feats, captions)
+    def loss(self, feats: Features, captions: Tensor, sample_prob: float = 0.0,
+             label_smoothing: float = 0.0) -> dict[str, Tensor]:
+        """Masked cross-entropy per word (+ model-specific terms). ``loss`` is what to minimise.
+
+        ``label_smoothing`` (Szegedy et al. 2016) changes the objective only: ``nll`` (logged, and the reward
+        of hard attention's REINFORCE term) stays the plain negative log-likelihood.
+        """
+        out = self.teacher_forcing(feats, captions, sample_prob)
         targets = captions[:, 1:]  # [B, T-1]
         mask = targets != self.pad_id
-        nll = F.cross_entropy(out["logits"].float().transpose(1, 2), targets, reduction="none")  # [B, T-1]
-        nll = nll * mask
+        logits = out["logits"].float().transpose(1, 2)  # [B, V, T-1]
+        nll = F.cross_entropy(logits, targets, reduction="none") * mask  # [B, T-1]
         n_tokens = mask.sum().clamp(min=1)
         terms = {"nll": nll.sum() / n_tokens}
+        if label_smoothing > 0:
+            smoothed = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing) * mask
+            terms = {"smoothed_nll": smoothed.sum() / n_tokens, "log_nll": terms["nll"].detach()}
         terms.update(self.extra_losses(out, nll, mask, n_tokens))
         terms["loss"] = sum(v for k, v in terms.items() if not k.startswith("log_"))
         return terms

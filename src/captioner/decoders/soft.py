@@ -102,13 +102,16 @@ class SoftAttentionDecoder(Decoder):
             cache[name] = (key, make())
         return cache[name][1]
 
-    def teacher_forcing(self, feats: Features, captions: Tensor) -> dict[str, Tensor]:
+    def teacher_forcing(self, feats: Features, captions: Tensor, sample_prob: float = 0.0) -> dict[str, Tensor]:
         """The same computation as calling :meth:`step_logits` word by word, arranged for speed.
 
         Only attention and the LSTM recurrence stay in the loop over words. Everything else is done for all
         words at once, as a few large matrix products: the word embeddings' share of the LSTM gates, the deep
         output layer and the projection onto the vocabulary (the encoder projection is already in ``ctx``).
+        Scheduled sampling needs each word's prediction before the next step: it takes the plain loop.
         """
+        if sample_prob > 0:
+            return super().teacher_forcing(feats, captions, sample_prob)
         ctx = self.encode(feats)
         state = self.init_state(ctx)
         emb = self.embed(captions[:, :-1])  # [B, T, E]

@@ -30,10 +30,13 @@ def _expand(ctx: dict[str, Tensor], k: int) -> dict[str, Tensor]:
 
 @torch.inference_mode()
 def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int = 5,
-                max_len: int = 30, length_penalty: float = 0.0, banned: tuple[int, ...] = ()) -> list[Hypothesis]:
+                max_len: int = 30, length_penalty: float = 0.0, banned: tuple[int, ...] = (),
+                block_ngram: int = 0, repetition_penalty: float = 0.0) -> list[Hypothesis]:
     """Decode a batch of images; returns the best hypothesis for each image, in batch order.
 
     ``banned``: word ids never generated (besides <pad> and <start>), e.g. ``(vocab.unk_id,)``.
+    ``block_ngram``: n > 1 forbids a beam to repeat any n-gram it already contains ("a man in a man in").
+    ``repetition_penalty``: log-probability (nats) taken off a word for each time the beam already used it.
 
     Images whose result can no longer change are dropped from the computation (their rows are compacted
     away), so a batch costs what its images need, not what its slowest image needs.
@@ -56,11 +59,15 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
              "length": torch.zeros(batch * k, dtype=torch.long, device=device),
              "finished": torch.zeros(batch * k, dtype=torch.bool, device=device)}
     history: dict[str, list[Tensor]] = {"parent": [], "word": [], "alpha": [], "loc": []}
+    words_so_far = torch.zeros(batch, 0, dtype=torch.long, device=device)  # [B'*width, t] (only if needed)
+    penalise = block_ngram > 1 or repetition_penalty > 0
 
     for _ in range(max_len):
         logp, state, alpha = decoder.step(ctx, state, tokens)  # [B'*K, V]
         vocab, n_img = logp.size(1), scores.size(0)
         _ban(logp, (decoder.pad_id, start_id, *banned))
+        if penalise:
+            _penalise(logp, words_so_far, block_ngram, repetition_penalty)
         if bool(finished.any()):  # a finished beam may only continue with <end>, at no cost: its score stays
             logp[finished] = _end_only(vocab, end_id, logp)
         cand = (scores.unsqueeze(2) + logp.view(n_img, width, vocab)).view(n_img, width * vocab)  # [B', w*V]
@@ -73,6 +80,8 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
         lengths = lengths.index_select(0, src) + (~was_finished).long()
         finished = was_finished | (word.view(-1) == end_id)
         tokens = word.view(-1)
+        if penalise:
+            words_so_far = torch.cat([words_so_far.index_select(0, src), tokens.unsqueeze(1)], dim=1)
 
         rows = (active.unsqueeze(1) * k + beams).view(-1)  # [B'*K] full-index rows
         parents = rows[src] if width == k else rows  # before the first word there is nothing to point to
@@ -93,6 +102,7 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
             scores, tokens = scores.index_select(0, keep_img), tokens.index_select(0, keep)
             lengths, finished = lengths.index_select(0, keep), finished.index_select(0, keep)
             active = active.index_select(0, keep_img)
+            words_so_far = words_so_far.index_select(0, keep) if penalise else words_so_far
 
     norm = final["score"] / final["length"].clamp(min=1).float() ** length_penalty  # [B*K]
     best = norm.view(batch, k).argmax(dim=1) + torch.arange(batch, device=device) * k  # [B] best row per image
@@ -152,6 +162,24 @@ def _ban(logp: Tensor, ids: tuple[int, ...]) -> None:
     """Words a caption can never contain (<pad>, <start>) get probability 0, in place (``logp`` is the
     fresh output of ``decoder.step``)."""
     logp[:, list(ids)] = float("-inf")
+
+
+def _penalise(logp: Tensor, words: Tensor, block_ngram: int, repetition_penalty: float) -> None:
+    """In place: n-gram blocking and the repetition penalty for each row, given its words so far [R, t]."""
+    if words.size(1) == 0:
+        return
+    if repetition_penalty > 0:  # -penalty for every earlier use of a word
+        logp.scatter_add_(1, words, torch.full(words.shape, -repetition_penalty, dtype=logp.dtype,
+                                               device=logp.device))
+    n = block_ngram
+    if n > 1 and words.size(1) >= n - 1:
+        last = words[:, words.size(1) - (n - 1):]  # [R, n-1] the words the next one would extend
+        if words.size(1) >= n:
+            grams = words.unfold(1, n, 1)  # [R, W, n] every n-gram so far
+            seen = (grams[:, :, : n - 1] == last.unsqueeze(1)).all(dim=2)  # [R, W] same first n-1 words
+            blocked = torch.where(seen, grams[:, :, n - 1], grams.new_full((), -1))  # [R, W] word to forbid
+            rows, cols = (blocked >= 0).nonzero(as_tuple=True)
+            logp[rows, blocked[rows, cols]] = float("-inf")
 
 
 def _end_only(vocab: int, end_id: int, like: Tensor) -> Tensor:

@@ -57,8 +57,16 @@ class CaptionModule(L.LightningModule):
                 raise RuntimeError(f"DDP processes out of sync after epoch {self.current_epoch + 1} "
                                    f"(weight checksums differ by {gap})")
 
+    def sample_prob(self) -> float:
+        """Scheduled sampling's probability for the current epoch (0 when it is off)."""
+        t = self.cfg.train
+        if t.ss_max <= 0:
+            return 0.0
+        return t.ss_max * min(1.0, max(0.0, (self.current_epoch - t.ss_start + 1) / max(1, t.ss_ramp)))
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        terms = self.decoder.loss(self.features(batch), batch["captions"])
+        terms = self.decoder.loss(self.features(batch), batch["captions"], sample_prob=self.sample_prob(),
+                                  label_smoothing=self.cfg.train.label_smoothing)
         size = batch["captions"].size(0)
         for name, value in terms.items():
             self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,
@@ -73,8 +81,7 @@ class CaptionModule(L.LightningModule):
         t = self.cfg.train
         hyps = beam_search(self.decoder, self.features(batch), self.vocab.start_id, self.vocab.end_id,
                            beam_size=t.val_beam_size, max_len=t.val_max_len,
-                           length_penalty=self.cfg.decode.length_penalty,
-                           banned=self.cfg.decode.banned(self.vocab))
+                           **self.cfg.decode.search_options(self.vocab))
         for key, hyp in zip(batch["keys"], hyps, strict=True):
             self._val_captions[key] = " ".join(self.vocab.decode(hyp.tokens))
 

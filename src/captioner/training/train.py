@@ -159,6 +159,12 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     # run had to extract features first (extraction draws from the RNG)
     module = CaptionModule(cfg.to_dict(), vocab.to_dict(), encoder.global_dim, encoder.grid_dim, desc)
     module.val_references = {r.name: r.captions_raw for r in val_records}
+    if cfg.model.glove and not resume:  # a resumed run gets its (trained) embedding from the checkpoint
+        from captioner.data.glove import init_embedding
+
+        n = init_embedding(module.decoder.embed, cfg.model.glove, vocab, cfg.model.freeze_embeddings)
+        log.info("word embedding: %d of %d words from %s", n, len(vocab), cfg.model.glove)
+    module.decoder.embed.weight.requires_grad_(not cfg.model.freeze_embeddings)
     if cfg.encoder.finetune:
         module.attach_encoder(encoder)
     monitor = f"val/{t.monitor}"

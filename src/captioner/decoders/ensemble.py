@@ -1,0 +1,53 @@
+"""Several trained decoders decoding as one (test-time ensemble): the shared beam search sees one decoder.
+
+At every step the members' word distributions are averaged (in probability, not log-probability); the
+attention shown for a word is the members' mean map. Members must share the vocabulary and the encoder
+features; they may be of different types (e.g. soft + hard + NIC).
+"""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from captioner.decoders.base import Decoder, Features, State
+
+
+class EnsembleDecoder(Decoder):
+    def __init__(self, members: list[Decoder]):
+        if not members:
+            raise ValueError("an ensemble needs at least one decoder")
+        super().__init__(members[0].vocab_size, members[0].pad_id)
+        self.members = nn.ModuleList(members)
+        self.has_attention = any(m.has_attention for m in members)
+
+    @staticmethod
+    def _split(d: State, i: int) -> State:
+        prefix = f"{i}."
+        return {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}
+
+    @staticmethod
+    def _join(parts: list[State]) -> State:
+        return {f"{i}.{k}": v for i, part in enumerate(parts) for k, v in part.items()}
+
+    def encode(self, feats: Features) -> State:
+        return self._join([m.encode(feats) for m in self.members])
+
+    def init_state(self, ctx: State) -> State:
+        return self._join([m.init_state(self._split(ctx, i)) for i, m in enumerate(self.members)])
+
+    def step(self, ctx: State, state: State, prev: Tensor) -> tuple[Tensor, State, Tensor | None]:
+        logps, states, alphas = [], [], []
+        for i, m in enumerate(self.members):
+            logp, s, alpha = m.step(self._split(ctx, i), self._split(state, i), prev)  # [B, V]
+            logps.append(logp)
+            states.append(s)
+            if alpha is not None:
+                alphas.append(alpha)
+        mean = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # log of the mean probability
+        alpha = torch.stack(alphas).mean(0) if alphas and len({a.shape for a in alphas}) == 1 else \
+            (alphas[0] if alphas else None)
+        return mean, self._join(states), alpha
+
+    def step_logits(self, ctx: State, state: State, prev: Tensor):
+        return self.step(ctx, state, prev)  # log-probabilities are logits too (softmax gives them back)
