@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB, random_captions, random_feats, small_decoder, untrained_model_file
 
 from captioner.checkpoint import CaptionModel, load_model, load_models, save_model
 from captioner.config import Config, TrainConfig
@@ -16,6 +15,7 @@ from captioner.decoders.ensemble import EnsembleDecoder
 from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
 from captioner.training.module import CaptionModule
+from conftest import VOCAB, random_captions, random_feats, small_decoder, untrained_model_file
 
 
 @pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
