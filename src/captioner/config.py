@@ -78,6 +78,13 @@ class TrainConfig:
     ss_max: float = 0.0
     ss_start: int = 0
     ss_ramp: int = 5
+    init_from: str | None = None  # a model.pt to start from (its vocabulary too): e.g. SCST after cross-entropy
+    # self-critical sequence training (Rennie et al. 2017): reward = CIDEr-D of sampled captions against the
+    # image's training references, baseline = the greedy caption's reward, or the mean of the other samples
+    scst: bool = False
+    scst_samples: int = 5
+    scst_baseline: str = "greedy"  # greedy | mean
+    scst_max_len: int = 16
 
 
 @dataclass
@@ -125,7 +132,10 @@ class Config:
             bad = set(values) - known
             if bad:
                 raise file_error(source, f"unknown key(s) {sorted(bad)} in '{f.name}'; known: {sorted(known)}")
-            kwargs[f.name] = section_cls(**values)
+            types = {g.name: g.type.__name__ if isinstance(g.type, type) else str(g.type)
+                     for g in dataclasses.fields(section_cls)}  # "float", "int | None", ...
+            kwargs[f.name] = section_cls(**{k: _coerce(v, types[k], f"{f.name}.{k}", source)
+                                            for k, v in values.items()})
         cfg = cls(**kwargs)
         cfg.validate(source)
         return cfg
@@ -137,6 +147,9 @@ class Config:
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
         if self.model.hard_inference not in ("argmax", "expected", "sample"):
             raise file_error(source, "model.hard_inference must be argmax, expected or sample")
+        if self.train.scst_baseline not in ("greedy", "mean") or (
+                self.train.scst_baseline == "mean" and self.train.scst_samples < 2):
+            raise file_error(source, "train.scst_baseline must be greedy, or mean with scst_samples >= 2")
         if not 0 <= self.train.label_smoothing < 1 or not 0 <= self.train.ss_max <= 1:
             raise file_error(source, "train.label_smoothing must be in [0, 1) and train.ss_max in [0, 1]")
 
@@ -156,6 +169,29 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
             raise file_error(path, "no such config file")
         return path
     raise CaptionerError(f"{name_or_path}: no such config file or shipped config ({', '.join(available_configs())})")
+
+
+def _coerce(value, type_name: str, key: str, source: str):
+    """A config value as its field's type says (YAML reads ``5e-4`` as a string); a clear error if it cannot be."""
+    kinds = {t.strip() for t in type_name.split("|")}
+    if value is None and "None" in kinds:
+        return None
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return value
+    elif "int" in kinds and isinstance(value, int):
+        return value
+    elif "float" in kinds and isinstance(value, int | float | str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    elif "int" in kinds and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    if "str" in kinds and isinstance(value, str):
+        return value
+    expected = " or ".join(sorted(k.replace("None", "null") for k in kinds))
+    raise file_error(source, f"{key} must be {expected}, not {value!r}")
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:

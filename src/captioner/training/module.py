@@ -13,6 +13,7 @@ from captioner.config import Config
 from captioner.data.vocab import Vocab
 from captioner.decoders import build_decoder
 from captioner.decoding import beam_search
+from captioner.decoding.sample import sample_captions
 from captioner.distributed import merge_dicts, spread
 from captioner.metrics.coco import score_corpus
 
@@ -65,6 +66,8 @@ class CaptionModule(L.LightningModule):
         return t.ss_max * min(1.0, max(0.0, (self.current_epoch - t.ss_start + 1) / max(1, t.ss_ramp)))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.cfg.train.scst:
+            return self.scst_step(batch)
         terms = self.decoder.loss(self.features(batch), batch["captions"], sample_prob=self.sample_prob(),
                                   label_smoothing=self.cfg.train.label_smoothing)
         size = batch["captions"].size(0)
@@ -72,6 +75,34 @@ class CaptionModule(L.LightningModule):
             self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,
                      prog_bar=name == "loss")
         return terms["loss"]
+
+    def scst_step(self, batch: dict) -> torch.Tensor:
+        """Self-critical sequence training: raise the log-probability of sampled captions that score a
+        higher CIDEr-D than the baseline, lower it for those that score less (REINFORCE with a baseline)."""
+        t, vocab, n = self.cfg.train, self.vocab, self.cfg.train.scst_samples
+        feats, keys = self.features(batch), batch["keys"]
+        banned = self.cfg.decode.banned(vocab)
+        words, logp_sum, _ = sample_captions(self.decoder, feats, vocab.start_id, vocab.end_id, n=n,
+                                             max_len=t.scst_max_len, banned=banned)  # [B*n, T], [B*n]
+        names = [k for k in keys for _ in range(n)]
+        reward = torch.as_tensor(self.reward.score(names, [vocab.decode(w) for w in words.tolist()]),
+                                 dtype=torch.float32, device=logp_sum.device)  # [B*n]
+        if t.scst_baseline == "greedy":  # the caption the model would give at test time
+            self.decoder.eval()
+            greedy = beam_search(self.decoder, feats, vocab.start_id, vocab.end_id, beam_size=1,
+                                 max_len=t.scst_max_len, banned=banned)
+            self.decoder.train()
+            base = torch.as_tensor(self.reward.score(keys, [vocab.decode(h.tokens) for h in greedy]),
+                                   dtype=torch.float32, device=logp_sum.device).repeat_interleave(n)  # [B*n]
+        else:  # the mean reward of the image's other samples
+            r = reward.view(-1, n)  # [B, n]
+            base = ((r.sum(1, keepdim=True) - r) / (n - 1)).view(-1)  # [B*n]
+        loss = -((reward - base) * logp_sum).mean()
+        size = len(keys)
+        self.log("train/loss", loss.detach(), batch_size=size, prog_bar=True)
+        self.log("train/reward", reward.mean(), batch_size=size, prog_bar=True)
+        self.log("train/baseline_reward", base.mean(), batch_size=size)
+        return loss
 
     # ---- decoded validation ---------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

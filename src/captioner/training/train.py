@@ -17,15 +17,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 
-from captioner.checkpoint import CaptionModel, save_model
+from captioner.checkpoint import CaptionModel, load_model, save_model
 from captioner.config import Config
 from captioner.data.readers import dataset_fingerprint, load_dataset
 from captioner.data.vocab import Vocab
 from captioner.distributed import barrier, join_early, processes_per_node
 from captioner.encoders import create_encoder
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, file_error
 from captioner.features import get_or_extract
 from captioner.io import torch_save_atomic, write_text_atomic
+from captioner.metrics.cider_reward import CiderD
 from captioner.training.data import (
     CaptionBatches,
     ImageBatches,
@@ -70,6 +71,17 @@ def _precision(cfg: Config) -> str:
     return "32-true"
 
 
+def _start_model(cfg: Config):
+    """The model ``train.init_from`` names, checked against the config (same decoder type and encoder)."""
+    start = load_model(cfg.train.init_from)
+    if start.config.model.type != cfg.model.type or start.config.encoder.name != cfg.encoder.name:
+        raise file_error(cfg.train.init_from, f"is a {start.config.model.type} model on {start.config.encoder.name} "
+                         f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
+    if cfg.encoder.finetune:
+        raise CaptionerError("train.init_from (and SCST) with encoder.finetune is not supported")
+    return start
+
+
 def _backend(cfg: Config) -> str:
     """The process-group backend for multi-process runs: NCCL between GPUs, gloo on CPUs."""
     gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
@@ -94,7 +106,7 @@ def _log_version(out_dir: Path, resume: bool) -> str:
     return f"logs/resume{n}"
 
 
-def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records) -> Vocab:
+def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records, vocab: Vocab | None = None) -> Vocab:
     config_file, vocab_file = out_dir / "config.yaml", out_dir / "vocab.json"
     if resume:
         if not vocab_file.exists():
@@ -106,7 +118,8 @@ def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records) -> Voc
         return Vocab.load(vocab_file)
     if (out_dir / "checkpoints" / "last.ckpt").exists():
         raise CaptionerError(f"{out_dir}: holds a previous run; pass --resume to continue it or use another --out")
-    vocab = Vocab.build((c for r in train_records for c in r.captions), min_freq=cfg.data.min_word_freq)
+    if vocab is None:  # (a run that starts from a trained model keeps that model's vocabulary)
+        vocab = Vocab.build((c for r in train_records for c in r.captions), min_freq=cfg.data.min_word_freq)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config_file, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     vocab.save(vocab_file)
@@ -137,7 +150,11 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
                              f"(found {dataset.splits()})")
     if t.val_images:
         val_records, val_rows = val_records[: t.val_images], val_rows[: t.val_images]
-    vocab = _prepare_run(cfg, out_dir, resume, train_records)
+    if t.scst and not t.init_from:
+        raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
+                             "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
+    start = _start_model(cfg) if t.init_from and not resume else None
+    vocab = _prepare_run(cfg, out_dir, resume, train_records, start.vocab if start else None)
 
     captions, owners = encode_captions(train_records, train_rows, vocab, cfg.data.max_caption_len)
     val_keys = [r.name for r in val_records]
@@ -149,9 +166,11 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         global_t, grid_t = cache.load_all()
         features = {"global": global_t, "grid": grid_t}  # whole cache in memory
         train_set = CaptionBatches(features, captions, owners)
+        if t.scst:  # SCST samples captions per image and scores them against all its references
+            train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
         val_set = ImageBatches(features, val_rows, val_keys)
     train_loader = batch_loader(train_set, t.batch_size, shuffle=True, seed=t.seed, num_workers=t.num_workers,
-                                bucket_by_length=t.bucket_by_length)
+                                bucket_by_length=t.bucket_by_length and not t.scst)
     val_loader = batch_loader(val_set, max(t.batch_size, 50), shuffle=False, num_workers=t.num_workers)
 
     desc = encoder.describe()
@@ -159,6 +178,13 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     # run had to extract features first (extraction draws from the RNG)
     module = CaptionModule(cfg.to_dict(), vocab.to_dict(), encoder.global_dim, encoder.grid_dim, desc)
     module.val_references = {r.name: r.captions_raw for r in val_records}
+    if start is not None:
+        try:
+            module.decoder.load_state_dict(start.decoder.state_dict())
+        except RuntimeError as e:
+            raise file_error(t.init_from, f"does not fit this config's model ({str(e).splitlines()[0]})") from None
+    if t.scst:  # CIDEr-D with document frequencies from all training references
+        module.reward = CiderD({r.name: r.captions for r in train_records})
     if cfg.model.glove and not resume:  # a resumed run gets its (trained) embedding from the checkpoint
         from captioner.data.glove import init_embedding
 

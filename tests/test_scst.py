@@ -1,0 +1,86 @@
+"""Self-critical sequence training: the CIDEr-D reward equals coco-caption's, sampled captions carry their
+log-probabilities, and SCST after cross-entropy raises CIDEr-D on the synthetic data."""
+
+import csv
+import random
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from pycocoevalcap.cider.cider import Cider
+
+from captioner.checkpoint import load_model
+from captioner.config import load_config
+from captioner.data.synth import make_synth
+from captioner.decoding.sample import sample_captions
+from captioner.metrics.cider_reward import CiderD
+from captioner.training.train import train
+from conftest import random_feats, small_decoder
+
+
+def test_reward_equals_pycocoevalcap_ciderd():
+    rng = random.Random(0)
+    words = "a the dog man woman runs on in grass water red blue ball with two people street".split()
+    refs = {f"i{i}": [[rng.choice(words) for _ in range(rng.randint(5, 12))] for _ in range(5)] for i in range(150)}
+    cands = {k: [rng.choice(words) for _ in range(rng.randint(1, 12))] for k in refs}
+    cands["i0"] = refs["i0"][0]  # one exact match
+    ours = CiderD(refs).score(list(cands), list(cands.values()))
+    mean, theirs = Cider().compute_score({k: [" ".join(r) for r in v] for k, v in refs.items()},
+                                         {k: [" ".join(c)] for k, c in cands.items()})
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert ours.mean() == pytest.approx(mean)
+
+
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+def test_sampled_captions_carry_their_log_probability(kind):
+    dec = small_decoder(kind).eval()  # no dropout; hard attention at its argmax location
+    feats = random_feats(3)
+    words, logp_sum, lengths = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
+    assert words.shape[0] == 12 and logp_sum.shape == (12,) and logp_sum.requires_grad
+    # the same captions scored by teacher forcing give the same log-probabilities
+    caps = torch.cat([torch.full((12, 1), 1), words], dim=1)  # <start> + words (0-padded after <end>)
+    rep = {k: v.repeat_interleave(4, dim=0) for k, v in feats.items()}
+    logp = F.log_softmax(dec.teacher_forcing(rep, caps)["logits"].float(), dim=-1)  # [12, T, V]
+    picked = logp.gather(2, words.unsqueeze(2)).squeeze(2) * (words != 0)
+    torch.testing.assert_close(logp_sum, picked.sum(1), atol=1e-4, rtol=1e-4)
+    assert torch.equal(lengths, (words != 0).sum(1))
+    logp_sum.sum().backward()
+    assert dec.fc.weight.grad is not None and dec.fc.weight.grad.abs().sum() > 0
+
+
+def _epochs(path, key):
+    values = defaultdict(list)
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row.get(key):
+                values[int(row["epoch"])].append(float(row[key]))
+    return {e: sum(v) / len(v) for e, v in sorted(values.items())}
+
+
+@pytest.fixture(scope="module")
+def cross_entropy_model(tmp_path_factory):
+    """A soft-attention model trained with cross-entropy on the synthetic shapes (selected on CIDEr-D)."""
+    root = tmp_path_factory.mktemp("scst")
+    data = make_synth(root / "synth", n_train=400, n_val=60, n_test=4, seed=3)
+    model = train(load_config("synth_soft", ["train.max_epochs=10", "train.monitor=cider"]), data, root / "ce",
+                  root / "cache", progress=False)
+    best = max(_epochs(root / "ce" / "logs" / "metrics.csv", "val/cider").values())
+    return data, root / "cache", model, best
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("baseline", ["greedy", "mean"])
+def test_scst_after_cross_entropy_raises_cider(cross_entropy_model, tmp_path, baseline):
+    data, cache, ce, start_cider = cross_entropy_model
+    scst = load_config("synth_soft", ["train.max_epochs=3", "train.scst=true", f"train.init_from={ce}",
+                                      "train.lr=2e-4", "train.monitor=cider", "train.batch_size=32",
+                                      f"train.scst_baseline={baseline}"])
+    model = train(scst, data, tmp_path / "scst", cache, progress=False)
+    log = tmp_path / "scst" / "logs" / "metrics.csv"
+    after = max(_epochs(log, "val/cider").values())
+    print(f"{baseline}: val CIDEr-D {start_cider:.3f} after cross-entropy, {after:.3f} after SCST; "
+          f"train reward by epoch {_epochs(log, 'train/reward')}")
+    assert after > start_cider + 0.1  # (about 4.0 -> 4.4 when this test was written)
+    assert load_model(model).vocab == load_model(ce).vocab  # SCST keeps the start model's vocabulary
