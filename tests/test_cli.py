@@ -137,3 +137,13 @@ def test_evaluate_scores_the_readable_images_and_names_the_rest(model_file, tmp_
     import json
 
     assert json.loads((tmp_path / "r.json").read_text())["images"] == len(val) - 1
+
+
+def test_set_values_take_their_field_types(tmp_path):
+    from captioner.config import load_config
+
+    cfg = load_config("synth_soft", ["train.lr=5e-4", "train.max_epochs=3", "model.glove=null", "train.devices=2"])
+    assert cfg.train.lr == 5e-4 and isinstance(cfg.train.lr, float) and cfg.train.devices == 2
+    result = run_cli("train", "--config", "synth_soft", "--set", "train.max_epochs=2.5", "--data", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("train.max_epochs must be int, not 2.5")
