@@ -23,3 +23,29 @@ def test_finetuning_trains_the_encoder_and_ships_it(tmp_path):
     assert not failures and results[0]["caption"]
     report = evaluate(model, data, "test", beam_size=2, tokenizer="python", metrics=("bleu",), progress=False)
     assert report["images"] == 8 and 0 <= report["metrics"]["BLEU-4"] <= 1
+
+
+def test_finetuning_only_the_last_blocks(tmp_path):
+    data = make_synth(tmp_path / "synth", n_train=32, n_val=8, n_test=2, seed=2)
+    cfg = load_config("synth_soft", ["encoder.finetune=true", "encoder.finetune_blocks=1", "train.max_epochs=1",
+                                     "train.batch_size=16"])
+    model = load_model(train(cfg, data, tmp_path / "run", cache_root=tmp_path / "cache", progress=False))
+    untrained = create_encoder("tiny", weights="none")
+    changed = {k for k, v in model.encoder_state.items() if not torch.equal(untrained.state_dict()[k], v)}
+    last_block = untrained.blocks()[-1]
+    last_names = {f"net.{n}" for n, p in untrained.net.named_parameters() if any(p is q for q in last_block.parameters())}
+    assert changed and changed <= last_names, (changed, last_names)  # only the last block was trained
+
+
+def test_frozen_blocks_keep_their_batchnorm_statistics():
+    from torch import nn
+
+    enc = create_encoder("mobilenet_v2", weights="none").unfreeze_last(2)
+    enc.train()
+    blocks = enc.blocks()
+    frozen_bn = [m for b in blocks[:-2] for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    trained_bn = [m for b in blocks[-2:] for m in b.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert frozen_bn and not any(m.training for m in frozen_bn)
+    assert trained_bn and all(m.training for m in trained_bn)
+    assert all(p.requires_grad for b in blocks[-2:] for p in b.parameters())
+    assert not any(p.requires_grad for b in blocks[:-2] for p in b.parameters())

@@ -42,6 +42,7 @@ class EncoderConfig:
     layer: str | None = None  # encoder-specific alternative feature layer
     finetune: bool = False  # compute features in the training loop and train the encoder too
     lr: float = 1.0e-4  # encoder learning rate when finetune is on
+    finetune_blocks: int | None = None  # fine-tune only the encoder's last N blocks (None: all of it)
 
 
 @dataclass

@@ -124,6 +124,41 @@ class Encoder(nn.Module):
             p.requires_grad_(False)
         return self
 
+    def blocks(self) -> list[nn.Module]:
+        """The backbone's stages in order, input to output (e.g. ResNet's bottlenecks, MobileNet's features[i],
+        EfficientNet's MBConv blocks), for fine-tuning only the last few."""
+        module = self.net
+        while True:
+            kids = [c for c in module.children() if any(True for _ in c.parameters())]
+            if len(kids) != 1:
+                break
+            module = kids[0]  # a wrapper around one stack (net.features): look inside
+        flat: list[nn.Module] = []
+        for kid in kids:  # containers one level down are opened (ResNet's layer1..4, EfficientNet's _blocks)
+            inner = [c for c in kid.children() if any(True for _ in c.parameters())]
+            plain_stack = type(kid) in (nn.Sequential, nn.ModuleList)  # not a layer that subclasses one
+            flat += inner if plain_stack and inner else [kid]
+        return flat
+
+    def unfreeze_last(self, n: int | None) -> Encoder:
+        """Train the last ``n`` blocks (all of the encoder when ``n`` is None); the others stay frozen, with
+        their batch-norm statistics fixed (kept in eval mode even when the model trains)."""
+        blocks = self.blocks()
+        n = len(blocks) if n is None else max(0, min(n, len(blocks)))
+        for p in self.parameters():
+            p.requires_grad_(False)
+        for block in blocks[len(blocks) - n :]:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        self._frozen_blocks = blocks[: len(blocks) - n]
+        return self
+
+    def train(self, mode: bool = True) -> Encoder:
+        super().train(mode)
+        for block in getattr(self, "_frozen_blocks", []):
+            block.eval()
+        return self
+
     # -- local weights files ----------------------------------------------------------------------------
 
     def load_weights_file(self, path: str | Path) -> Encoder:

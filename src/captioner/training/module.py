@@ -30,10 +30,9 @@ class CaptionModule(L.LightningModule):
         self.encoder = None  # set by attach_encoder() when the encoder is fine-tuned
 
     def attach_encoder(self, encoder) -> None:
-        """Fine-tuning: compute features from images in the loop and train the encoder too."""
-        self.encoder = encoder
-        for p in encoder.parameters():
-            p.requires_grad_(True)
+        """Fine-tuning: compute features from images in the loop and train the encoder too (its last
+        ``encoder.finetune_blocks`` blocks, or all of it)."""
+        self.encoder = encoder.unfreeze_last(self.cfg.encoder.finetune_blocks)
 
     def features(self, batch: dict) -> dict:
         if "feats" in batch:
@@ -136,7 +135,8 @@ class CaptionModule(L.LightningModule):
         t = self.cfg.train
         groups = [{"params": list(self.decoder.parameters()), "lr": t.lr}]
         if self.encoder is not None:  # the encoder gets its own (smaller) learning rate
-            groups.append({"params": list(self.encoder.parameters()), "lr": self.cfg.encoder.lr})
+            groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
+                           "lr": self.cfg.encoder.lr})
         optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
