@@ -21,5 +21,5 @@ echo "reference captions:"
 for img in "${IMAGES[@]}"; do grep -m1 "^$(basename "$img")" "$DATA/captions.txt"; done
 echo "== 5/5 the shipped Flickr8k model captions the sample photos (public domain / CC0, see ATTRIBUTION.md)"
 SAMPLES="$(python -c 'import captioner, pathlib; print(pathlib.Path(captioner.__file__).parent / "samples")')"
-captioner caption "$SAMPLES"/*.jpg --out "$ROOT/shown"
-echo "(each photo with its caption, and where the model looked for each word: $ROOT/shown/)"
+captioner caption "$SAMPLES"/*.jpg --out "$DEMO/shown"
+echo "(each photo with its caption, and where the model looked for each word: $DEMO/shown/)"
