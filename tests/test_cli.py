@@ -147,3 +147,17 @@ def test_set_values_take_their_field_types(tmp_path):
     result = run_cli("train", "--config", "synth_soft", "--set", "train.max_epochs=2.5", "--data", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip().endswith("train.max_epochs must be int, not 2.5")
+
+
+def test_decoding_settings_for_one_run(model_file, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    main(["caption", "--model", str(model_file), "--max-len", "12", str(image)])
+    plain = capsys.readouterr().out.split()
+    main(["caption", "--model", str(model_file), "--max-len", "12", "--set", "decode.block_ngram=2", str(image)])
+    blocked = capsys.readouterr().out.split()
+    bigrams = list(zip(blocked, blocked[1:], strict=False))
+    assert len(bigrams) == len(set(bigrams)) and blocked != plain  # the untrained model repeats itself
+    with pytest.raises(SystemExit):
+        main(["caption", "--model", str(model_file), "--set", "train.lr=1", str(image)])
+    assert "only decode.KEY=VALUE settings" in capsys.readouterr().err

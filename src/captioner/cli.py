@@ -75,11 +75,21 @@ def cmd_train(args) -> None:
     print(f"model written to {path}")
 
 
-def cmd_evaluate(args) -> None:
+def model_from_args(args):
+    """The --model file(s) (an ensemble when repeated; the shipped model when none), with --set decode.* applied."""
     from captioner.checkpoint import default_model_path, load_models
-    from captioner.inference import evaluate
+    from captioner.config import with_decode_settings
 
     model = load_models(args.model or [default_model_path()])
+    if args.set:  # decoding settings for this run (n-gram blocking, length penalty, ...)
+        model.config = with_decode_settings(model.config, args.set)
+    return model
+
+
+def cmd_evaluate(args) -> None:
+    from captioner.inference import evaluate
+
+    model = model_from_args(args)
     metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
     report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
                       args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress,
@@ -107,10 +117,9 @@ def print_table(report: dict) -> None:
 
 
 def cmd_caption(args) -> None:
-    from captioner.checkpoint import default_model_path, load_models
     from captioner.inference import iter_captions
 
-    model = load_models(args.model or [default_model_path()])
+    model = model_from_args(args)
     out = Path(args.out) if args.out else None
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
@@ -172,6 +181,12 @@ def cmd_export(args) -> None:
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{', float16' if args.half else ''})")
 
 
+def add_decode_set(s) -> None:
+    s.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
+                   help="decoding setting for this run, e.g. --set decode.block_ngram=3 or "
+                        "--set decode.length_penalty=1.0 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="captioner", description="Train, evaluate and use neural image captioners.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -228,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="JSON file for the metric table and per-image captions and scores")
     s.add_argument("--report", metavar="DIR", help="write an HTML gallery of the split to DIR/index.html: "
                    "every image with its caption, references and scores, sortable best and worst")
+    add_decode_set(s)
     s.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "python"],
                    help="ptb: coco-caption's Java PTB tokenizer; python: our copy of it; auto: ptb if Java exists")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
@@ -241,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
     s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
     s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
                    "attention figure (NAME.attention.png) and captions.json")
     s.set_defaults(func=cmd_caption)

@@ -195,6 +195,19 @@ def _coerce(value, type_name: str, key: str, source: str):
     raise file_error(source, f"{key} must be {expected}, not {value!r}")
 
 
+def with_decode_settings(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``decode.key=value`` overrides (how a trained model decodes; nothing else may change)."""
+    raw = cfg.to_dict()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or section != "decode" or not name:
+            raise CaptionerError(f"--set {item!r}: only decode.KEY=VALUE settings apply to a trained model, "
+                                 "e.g. decode.block_ngram=3")
+        raw["decode"][name] = yaml.safe_load(value)
+    return Config.from_dict(raw, source="--set")
+
+
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
     """Load a YAML config; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
     path = resolve_config_path(name_or_path)
