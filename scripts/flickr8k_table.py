@@ -44,13 +44,13 @@ def run(cmd: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "captioner.cli", *cmd], check=True)
 
 
-def train(config: str, data: Path, out: Path, max_epochs: int | None = None) -> None:
+def train(config: str, data: Path, out: Path, max_epochs: int | None = None, sets: tuple[str, ...] = ()) -> None:
     """Train (or resume) one run, adding the wall time of this call to out/wall_time.json."""
     if (out / "model.pt").exists():
         return
     cmd = ["train", "--config", config, "--data", str(data), "--out", str(out), "--no-progress"]
-    if max_epochs:
-        cmd += ["--set", f"train.max_epochs={max_epochs}"]
+    for setting in ([f"train.max_epochs={max_epochs}"] if max_epochs else []) + list(sets):
+        cmd += ["--set", setting]
     if (out / "vocab.json").exists():
         cmd.append("--resume")
     start = time.time()
@@ -64,11 +64,19 @@ def train(config: str, data: Path, out: Path, max_epochs: int | None = None) -> 
         (out / "wall_time.json").write_text(json.dumps(times, indent=1))
 
 
-def evaluate(data: Path, out: Path, beam: int = 5) -> dict:
-    report = out / f"val_beam{beam}.json"
-    if not report.exists() or report.stat().st_mtime < (out / "model.pt").stat().st_mtime:
-        run(["evaluate", "--model", str(out / "model.pt"), "--data", str(data), "--split", "val",
-             "--beam-size", str(beam), "--out", str(report), "--no-progress"])
+def evaluate(data: Path, out: Path, beam: int = 5, models: tuple[Path, ...] = (), sets: tuple[str, ...] = (),
+             report: Path | None = None) -> dict:
+    """Score ``out/model.pt`` (or ``models``, an ensemble) on val; the report is kept and reused."""
+    models = models or (out / "model.pt",)
+    report = report or out / f"val_beam{beam}.json"
+    if not report.exists() or report.stat().st_mtime < max(m.stat().st_mtime for m in models):
+        cmd = ["evaluate", "--data", str(data), "--split", "val", "--beam-size", str(beam), "--out", str(report),
+               "--no-progress"]
+        for m in models:
+            cmd += ["--model", str(m)]
+        for setting in sets:
+            cmd += ["--set", setting]
+        run(cmd)
     return json.loads(report.read_text())
 
 

@@ -1,0 +1,110 @@
+"""Issue 6's ablation on Flickr8k: each technique against the cross-entropy baseline of the same model.
+
+    python scripts/techniques_table.py --plan        # list the rows and the commands, run nothing
+    python scripts/techniques_table.py               # train / score every row not done yet (many CPU hours)
+    python scripts/techniques_table.py --rows scst,block3
+
+The baseline is the soft EfficientNet-Lite0 row of the main table (scripts/flickr8k_table.py trains it); each
+technique row changes one thing. Training rows get the same 10-epoch budget as the main table (SCST: 5 epochs
+after the baseline); decoding rows re-score the baseline with other search settings. Every row is scored on
+val at beam 5 with all metrics; the table goes to RUNS/techniques.md with each row's change in CIDEr-D.
+Runs live beside the main table's in ~/.cache/captioner/runs/flickr8k (resumable).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from flickr8k_table import DATA, METRICS, RUNS, evaluate, train
+
+BASE = "soft_lite0"
+# name -> (label, kind, settings): kind "base" = the baseline's own score (from the main table's run),
+# "train" = a new run of the baseline config with these settings,
+# "scst" = SCST from the baseline's model, "decode" = the baseline re-scored with these decoding settings,
+# "ensemble" = these runs' models decoded together
+ROWS = {
+    "baseline": ("cross-entropy baseline (soft attention, EfficientNet-Lite0)", "base", ()),
+    "smooth": ("label smoothing 0.1", "train", ("train.label_smoothing=0.1",)),
+    "ss": ("scheduled sampling, up to 0.25 (from epoch 3, over 4 epochs)", "train",
+           ("train.ss_max=0.25", "train.ss_start=2", "train.ss_ramp=4")),
+    "dropout3": ("dropout 0.3 (baseline 0.5)", "train", ("model.dropout=0.3",)),
+    "embed256": ("word embedding 256 (baseline 512)", "train", ("model.embed_dim=256",)),
+    "scst": ("SCST, CIDEr-D reward, greedy baseline, 5 epochs after the baseline", "scst",
+             ("train.max_epochs=5",)),
+    "block3": ("decoding: trigram blocking", "decode", ("decode.block_ngram=3",)),
+    "lp1": ("decoding: length penalty 1.0", "decode", ("decode.length_penalty=1.0",)),
+    "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "hard_lite0", "nic_lite0")),
+}
+
+
+def plan(name: str, runs: Path) -> str:
+    label, kind, settings = ROWS[name]
+    if kind == "train":
+        return f"train {BASE} --set {' --set '.join(settings)} -> {runs / ('tech_' + name)}"
+    if kind == "scst":
+        return f"train scst_soft_lite0 --set train.init_from={runs / BASE / 'model.pt'} -> {runs / 'tech_scst'}"
+    if kind == "base":
+        return f"evaluate --model {runs / BASE / 'model.pt'} (the main table's report, reused)"
+    if kind == "ensemble":
+        return "evaluate " + " ".join(f"--model {runs / r / 'model.pt'}" for r in settings)
+    return f"evaluate --model {runs / BASE / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
+
+
+def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
+    label, kind, settings = ROWS[name]
+    base_model = runs / BASE / "model.pt"
+    if kind == "base":
+        return evaluate(data, runs / BASE)
+    if kind == "train":
+        out = runs / f"tech_{name}"
+        train(BASE, data, out, max_epochs, settings)
+        return evaluate(data, out)
+    if kind == "scst":
+        out = runs / "tech_scst"
+        train("scst_soft_lite0", data, out, None, (f"train.init_from={base_model}", *settings))
+        return evaluate(data, out)
+    if kind == "ensemble":
+        models = tuple(runs / r / "model.pt" for r in settings)
+        return evaluate(data, runs / BASE, models=models, report=runs / "tech_ensemble_val_beam5.json")
+    return evaluate(data, runs / BASE, sets=settings, report=runs / f"tech_{name}_val_beam5.json")
+
+
+def table(results: dict[str, dict]) -> str:
+    base = results.get("baseline", {}).get("metrics", {})
+    lines = ["| technique | " + " | ".join(METRICS) + " | Δ CIDEr-D |", "|---" * (len(METRICS) + 2) + "|"]
+    for name, report in results.items():
+        m = report["metrics"]
+        delta = f"{100 * (m['CIDEr-D'] - base['CIDEr-D']):+.1f}" if base and name != "baseline" else ""
+        lines.append(f"| {ROWS[name][0]} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "–" for k in METRICS)
+                     + f" | {delta} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--runs", type=Path, default=RUNS)
+    p.add_argument("--rows", help=f"comma-separated rows (default all: {', '.join(ROWS)})")
+    p.add_argument("--max-epochs", type=int, default=10, help="epoch budget of the training rows (default 10)")
+    p.add_argument("--plan", action="store_true", help="print what each row runs, and run nothing")
+    args = p.parse_args()
+    wanted = args.rows.split(",") if args.rows else list(ROWS)
+    unknown = set(wanted) - set(ROWS)
+    if unknown:
+        sys.exit(f"unknown rows: {', '.join(sorted(unknown))}; rows are {', '.join(ROWS)}")
+    if args.plan:
+        for name in wanted:
+            print(f"{name:9s} {ROWS[name][0]}\n          {plan(name, args.runs)}")
+        return
+    if not (args.runs / BASE / "model.pt").exists():
+        sys.exit(f"{args.runs / BASE / 'model.pt'}: train the baseline first (scripts/flickr8k_table.py --rows {BASE})")
+    results = {name: score(name, args.data, args.runs, args.max_epochs) for name in wanted}
+    text = table(results)
+    (args.runs / "techniques.md").write_text(text + "\n")
+    print(text)
+    print(json.dumps({n: r["metrics"] for n, r in results.items()}, indent=1), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
