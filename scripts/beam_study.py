@@ -2,6 +2,7 @@
 
     python scripts/beam_study.py                          # the shipped model, Flickr8k val
     python scripts/beam_study.py --model RUN/model.pt --data DIR --beams 1,5
+    python scripts/beam_study.py --set decode.length_penalty=1.0   # with other decoding settings
 
 Features come from the cache (as in `captioner evaluate`); the time is the beam search alone, all val
 images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import default_model_path, load_model
+from captioner.config import with_decode_settings
 from captioner.inference import decode_batches
 from captioner.metrics.coco import score_corpus
 from captioner.training.train import load_features, split_rows
@@ -27,8 +29,12 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--split", default="val")
     p.add_argument("--beams", default="1,3,5,10,20")
+    p.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
+                   help="decoding setting, e.g. --set decode.length_penalty=1.0 (repeatable)")
     args = p.parse_args()
     model = load_model(args.model or default_model_path())
+    if args.set:
+        model.config = with_decode_settings(model.config, args.set)
     _, records, _, cache = load_features(model.config, args.data, progress=False)
     chosen, rows = split_rows(records, cache, args.split)
     global_, grid = cache.load_rows(rows)  # [n, D], [n, L, C]
@@ -47,7 +53,8 @@ def main() -> None:
         lines.append(f"| {beam} | {100 * scores['BLEU-4']:.1f} | {100 * scores['CIDEr-D']:.1f} | {length:.1f} "
                      f"| {seconds:.1f} s |")
         print(lines[-1], flush=True)
-    print(f"\n{args.split} split, {len(chosen)} images, {torch.get_num_threads()} threads\n")
+    settings = f", {', '.join(args.set)}" if args.set else ""
+    print(f"\n{args.split} split, {len(chosen)} images, {torch.get_num_threads()} threads{settings}\n")
     print("\n".join(lines))
 
 

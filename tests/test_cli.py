@@ -92,8 +92,10 @@ def test_export_half_then_caption_with_the_default_model(model_file, tmp_path, m
 
     small = tmp_path / "pretrained" / "model.pt"
     small.parent.mkdir()
-    main(["export", str(model_file), str(small), "--half"])
+    main(["export", str(model_file), str(small), "--half", "--set", "decode.length_penalty=0.7"])
     assert "float16" in capsys.readouterr().out
+    assert load_model(small).config.decode.length_penalty == 0.7  # decoding defaults travel with the model
+    assert load_model(model_file).config.decode.length_penalty == 0.0
     assert small.stat().st_size < 0.6 * model_file.stat().st_size
     full, half = load_model(model_file), load_model(small)
     for name, value in full.decoder.state_dict().items():

@@ -176,8 +176,12 @@ def cmd_serve(args) -> None:
 
 def cmd_export(args) -> None:
     from captioner.checkpoint import load_model, save_model
+    from captioner.config import with_decode_settings
 
-    out = save_model(args.out, load_model(args.model), half=args.half)
+    model = load_model(args.model)
+    if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
+        model.config = with_decode_settings(model.config, args.set)
+    out = save_model(args.out, model, half=args.half)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{', float16' if args.half else ''})")
 
 
@@ -274,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="model file (model.pt) or a run's Lightning checkpoint")
     s.add_argument("out", help="model file to write")
     s.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
+    add_decode_set(s)
     s.set_defaults(func=cmd_export)
     return p
 
