@@ -71,12 +71,12 @@ def cross_entropy_model(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("baseline", ["greedy", "mean"])
-def test_scst_after_cross_entropy_raises_cider(cross_entropy_model, tmp_path, baseline):
+@pytest.mark.parametrize("baseline,dropout", [("greedy", True), ("mean", False)])
+def test_scst_after_cross_entropy_raises_cider(cross_entropy_model, tmp_path, baseline, dropout):
     data, cache, ce, start_cider = cross_entropy_model
     scst = load_config("synth_soft", ["train.max_epochs=3", "train.scst=true", f"train.init_from={ce}",
                                       "train.lr=2e-4", "train.monitor=cider", "train.batch_size=32",
-                                      f"train.scst_baseline={baseline}"])
+                                      f"train.scst_baseline={baseline}", f"train.scst_dropout={dropout}"])
     model = train(scst, data, tmp_path / "scst", cache, progress=False)
     log = tmp_path / "scst" / "logs" / "metrics.csv"
     after = max(_epochs(log, "val/cider").values())

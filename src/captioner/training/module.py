@@ -81,8 +81,10 @@ class CaptionModule(L.LightningModule):
         t, vocab, n = self.cfg.train, self.vocab, self.cfg.train.scst_samples
         feats, keys = self.features(batch), batch["keys"]
         banned = self.cfg.decode.banned(vocab)
+        self.decoder.train(t.scst_dropout)  # dropout off: the samples and gradients are the test-time network's
         words, logp_sum, _ = sample_captions(self.decoder, feats, vocab.start_id, vocab.end_id, n=n,
                                              max_len=t.scst_max_len, banned=banned)  # [B*n, T], [B*n]
+        self.decoder.train()
         names = [k for k in keys for _ in range(n)]
         reward = torch.as_tensor(self.reward.score(names, [vocab.decode(w) for w in words.tolist()]),
                                  dtype=torch.float32, device=logp_sum.device)  # [B*n]
