@@ -35,7 +35,9 @@ ROWS = {
              ("train.max_epochs=2",)),
     "block3": ("decoding: trigram blocking", "decode", ("decode.block_ngram=3",)),
     "lp1": ("decoding: length penalty 1.0", "decode", ("decode.length_penalty=1.0",)),
-    "best": ("best recipe: SCST + length penalty 1.0", "decode_scst", ("decode.length_penalty=1.0",)),
+    "best": ("best recipe: SCST + length penalty 1.0 + trigram blocking (the shipped model)", "decode_scst",
+             ("decode.length_penalty=1.0", "decode.block_ngram=3")),
+    "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "hard_lite0", "nic_lite0")),
 }
 
@@ -73,7 +75,7 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         return evaluate(data, runs / "tech_scst", sets=settings, report=runs / f"tech_{name}_val_beam5.json")
     if kind == "ensemble":
         models = tuple(runs / r / "model.pt" for r in settings)
-        return evaluate(data, runs / BASE, models=models, report=runs / "tech_ensemble_val_beam5.json")
+        return evaluate(data, runs / BASE, models=models, report=runs / f"tech_{name}_val_beam5.json")
     return evaluate(data, runs / BASE, sets=settings, report=runs / f"tech_{name}_val_beam5.json")
 
 
