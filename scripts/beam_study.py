@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import default_model_path, load_model
+from captioner.cli import add_decode_set
 from captioner.config import with_decode_settings
 from captioner.inference import decode_batches
 from captioner.metrics.coco import score_corpus
@@ -29,8 +30,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--split", default="val")
     p.add_argument("--beams", default="1,3,5,10,20")
-    p.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
-                   help="decoding setting, e.g. --set decode.length_penalty=1.0 (repeatable)")
+    add_decode_set(p)
     args = p.parse_args()
     model = load_model(args.model or default_model_path())
     if args.set:

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from captioner.cli import add_decode_set
+
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAINED = ROOT / "src" / "captioner" / "pretrained"
 SAMPLES = ROOT / "src" / "captioner" / "samples"
@@ -34,8 +36,7 @@ def main() -> None:
     p.add_argument("run", type=Path, help="a training run folder")
     p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt")
     p.add_argument("--data", type=Path, default=DATA)
-    p.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
-                   help="decoding default stored in the shipped model (repeatable)")
+    add_decode_set(p)  # decoding defaults stored in the shipped model
     args = p.parse_args()
     source = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run / "model.pt"
     PRETRAINED.mkdir(exist_ok=True)
