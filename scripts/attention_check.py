@@ -9,6 +9,7 @@ with coco-caption:
             permutation of the locations, so the map is as sharp as before but points elsewhere;
   uniform   every location weighted 1/L (the mean-pooled context; a hard-attention model is given that
             expected context instead of a sampled location).
+  expected  (hard attention only) the learned maps, but the expected context instead of the argmax location.
 If attention learned nothing useful, "shuffled" scores like "learned". Also printed: the mean entropy of the
 learned maps over the decoded words (ln 49 = 3.89 nats is uniform). Writes a JSON report with --out.
 """
@@ -45,13 +46,18 @@ def tamper(decoder, mode: str, n_loc: int, seed: int = 0) -> None:
         decoder.attend = lambda ctx, h: torch.full_like(learned(ctx, h), 1.0 / n_loc)  # [B, L]
         if hasattr(decoder, "hard_inference"):  # argmax of a flat map is meaningless: use its expectation
             decoder.hard_inference = "expected"
+    elif mode == "expected":
+        decoder.hard_inference = "expected"
     else:
         raise ValueError(mode)
 
 
 def check(model_path: Path, data: Path, beam: int, limit: int | None) -> dict:
     results = {}
-    for mode in ("learned", "shuffled", "uniform"):
+    modes = ["learned", "shuffled", "uniform"]
+    if load_model(model_path).config.model.type == "hard":
+        modes.append("expected")
+    for mode in modes:
         model = load_model(model_path)  # fresh each time: tamper() changes the decoder
         if not model.decoder.has_attention:
             sys.exit(f"{model_path}: a {model.config.model.type} model has no attention to check")
