@@ -25,7 +25,7 @@ NIC = "nic_lite0"
 # run), "train" = a new run of the base config with these settings,
 # "scst" = SCST from the baseline's model, "decode" = the baseline re-scored with these decoding settings,
 # "decode_scst" = the SCST row's model scored with these decoding settings,
-# "ensemble" = these runs' models decoded together. The base is soft_lite0 unless a fourth item names another:
+# "ensemble" = these runs' models decoded together ("ensemble_decode": with the best recipe's decoding). The base is soft_lite0 unless a fourth item names another:
 # the training techniques are also measured on NIC, whose 10-epoch run costs a third of soft attention's.
 ROWS = {
     "baseline": ("cross-entropy baseline (soft attention, EfficientNet-Lite0)", "base", ()),
@@ -42,6 +42,8 @@ ROWS = {
              ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "hard_lite0", "nic_lite0")),
+    "best_ensemble": ("best recipe, ensemble (over 25 MB, not shippable): SCST soft + uniform, length penalty 1.0 "
+                      "+ trigram blocking", "ensemble_decode", ("tech_scst", "uniform_lite0")),
     "ensemble_sh": ("ensemble: soft + hard (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "hard_lite0")),
     "ensemble_su": ("ensemble: soft + uniform (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "uniform_lite0")),
     "ensemble_suh": ("ensemble: soft + uniform + hard (EfficientNet-Lite0)", "ensemble",
@@ -69,8 +71,10 @@ def plan(name: str, runs: Path) -> str:
         return f"evaluate --model {runs / base_of(name) / 'model.pt'} (the main table's report, reused)"
     if kind == "decode_scst":
         return f"evaluate --model {runs / 'tech_scst' / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
-    if kind == "ensemble":
-        return "evaluate " + " ".join(f"--model {runs / r / 'model.pt'}" for r in settings)
+    if kind in ("ensemble", "ensemble_decode"):
+        sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
+        return "evaluate " + " ".join(f"--model {runs / r / 'model.pt'}" for r in settings) \
+            + "".join(f" --set {s}" for s in sets)
     return f"evaluate --model {runs / BASE / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
 
 
@@ -90,9 +94,10 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
     if kind == "decode_scst":
         score("scst", data, runs, max_epochs)  # trains the SCST row first if needed
         return evaluate(data, runs / "tech_scst", sets=settings, report=runs / f"tech_{name}_val_beam5.json")
-    if kind == "ensemble":
+    if kind in ("ensemble", "ensemble_decode"):
         models = tuple(runs / r / "model.pt" for r in settings)
-        return evaluate(data, runs / BASE, models=models, report=runs / f"tech_{name}_val_beam5.json")
+        sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
+        return evaluate(data, runs / BASE, models=models, sets=sets, report=runs / f"tech_{name}_val_beam5.json")
     return evaluate(data, runs / BASE, sets=settings, report=runs / f"tech_{name}_val_beam5.json")
 
 
