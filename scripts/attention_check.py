@@ -43,7 +43,8 @@ def tamper(decoder, mode: str, n_loc: int, seed: int = 0) -> None:
             perm = torch.randperm(n_loc, generator=torch.Generator().manual_seed(seed := seed + 1))
         decoder.attend = lambda ctx, h: learned(ctx, h)[:, perm]  # [B, L]
     elif mode == "uniform":
-        decoder.attend = lambda ctx, h: torch.full_like(learned(ctx, h), 1.0 / n_loc)  # [B, L]
+        decoder.attend = lambda ctx, h: torch.full((h.size(0), n_loc), 1.0 / n_loc, dtype=h.dtype,
+                                                   device=h.device)  # [B, L]
         if hasattr(decoder, "hard_inference"):  # argmax of a flat map is meaningless: use its expectation
             decoder.hard_inference = "expected"
     elif mode == "expected":
@@ -53,21 +54,20 @@ def tamper(decoder, mode: str, n_loc: int, seed: int = 0) -> None:
 
 
 def check(model_path: Path, data: Path, beam: int, limit: int | None) -> dict:
+    model = load_model(model_path)
+    if not model.decoder.has_attention:
+        sys.exit(f"{model_path}: a {model.config.model.type} model has no attention to check")
+    _, records, _, cache = load_features(model.config, data, None, False)
+    chosen, rows = split_rows(records, cache, "val", limit)
+    global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
+    references = {r.name: r.captions_raw for r in chosen}
+    modes = ["learned", "shuffled", "uniform"] + (["expected"] if model.config.model.type == "hard" else [])
     results = {}
-    modes = ["learned", "shuffled", "uniform"]
-    if load_model(model_path).config.model.type == "hard":
-        modes.append("expected")
     for mode in modes:
         model = load_model(model_path)  # fresh each time: tamper() changes the decoder
-        if not model.decoder.has_attention:
-            sys.exit(f"{model_path}: a {model.config.model.type} model has no attention to check")
-        _, records, _, cache = load_features(model.config, data, None, False)
-        chosen, rows = split_rows(records, cache, "val", limit)
-        global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
         tamper(model.decoder, mode, grid_t.size(1))
         hyps = decode_batches(model, {"global": global_t, "grid": grid_t}, beam_size=beam)
         candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
-        references = {r.name: r.captions_raw for r in chosen}
         corpus, _ = score_corpus(candidates, references)
         row = {m: corpus[m] for m in METRICS}
         row["mean_length"] = sum(len(h.tokens) for h in hyps) / len(hyps)

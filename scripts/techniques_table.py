@@ -6,8 +6,8 @@
 
 The baseline is the soft EfficientNet-Lite0 row of the main table (scripts/flickr8k_table.py trains it); each
 technique row changes one thing. The training techniques also have NIC rows (nic_*), measured against the
-main table's NIC row: a NIC run costs about a third of a soft-attention run on this CPU. Training rows get the same 10-epoch budget as the main table (SCST: 2 epochs
-after the baseline); decoding rows re-score the baseline with other search settings. Every row is scored on
+main table's NIC row: a NIC run costs about a third of a soft-attention run on this CPU. Training rows get the
+same 10-epoch budget as the main table (SCST: 2 epochs after the baseline); decoding rows re-score the baseline with other search settings. Every row is scored on
 val at beam 5 with all metrics; the table goes to RUNS/techniques.md with each row's change in CIDEr-D.
 Runs live beside the main table's in ~/.cache/captioner/runs/flickr8k (resumable).
 """
@@ -25,8 +25,9 @@ NIC = "nic_lite0"
 # run), "train" = a new run of the base config with these settings,
 # "scst" = SCST from the baseline's model, "decode" = the baseline re-scored with these decoding settings,
 # "decode_scst" = the SCST row's model scored with these decoding settings,
-# "ensemble" = these runs' models decoded together ("ensemble_decode": with the best recipe's decoding). The base is soft_lite0 unless a fourth item names another:
-# the training techniques are also measured on NIC, whose 10-epoch run costs a third of soft attention's.
+# "ensemble" = these runs' models decoded together ("ensemble_decode": with the best recipe's decoding).
+# The base is soft_lite0 unless a fourth item names another: the training techniques are also measured on NIC,
+# whose 10-epoch run costs a third of soft attention's.
 ROWS = {
     "baseline": ("cross-entropy baseline (soft attention, EfficientNet-Lite0)", "base", ()),
     "smooth": ("label smoothing 0.1", "train", ("train.label_smoothing=0.1",)),
