@@ -29,6 +29,11 @@ class CaptionModel:
     metrics: dict = field(default_factory=dict)
     encoder_state: dict | None = None  # fine-tuned encoder weights (None: the encoder's own weights)
 
+    def to(self, device: str | torch.device) -> "CaptionModel":
+        """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""
+        self.decoder.to(device)
+        return self
+
 
 def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Path:
     state = {k: v.detach().cpu() for k, v in model.decoder.state_dict().items()}

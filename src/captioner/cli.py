@@ -58,7 +58,8 @@ def cmd_features(args) -> None:
     from captioner.training.train import load_features
 
     cfg = load_config(args.config, args.set)
-    _, records, encoder, cache = load_features(cfg, args.data, args.cache, progress=not args.no_progress)
+    _, records, encoder, cache = load_features(cfg, args.data, args.cache, progress=not args.no_progress,
+                                               device=args.device)
     d = encoder.describe()
     print(f"{d['name']} ({d['weights']}, {d['input_size']} px) features of {len(cache.names)} images: "
           f"global {d['global_dim']}, grid {d['grid_size']}x{d['grid_size']}x{d['grid_dim']}; "
@@ -79,8 +80,9 @@ def model_from_args(args):
     """The --model file(s) (an ensemble when repeated; the shipped model when none), with --set decode.* applied."""
     from captioner.checkpoint import default_model_path, load_models
     from captioner.config import with_decode_settings
+    from captioner.devices import pick_device
 
-    model = load_models(args.model or [default_model_path()])
+    model = load_models(args.model or [default_model_path()]).to(pick_device(args.device))
     if args.set:  # decoding settings for this run (n-gram blocking, length penalty, ...)
         model.config = with_decode_settings(model.config, args.set)
     return model
@@ -156,6 +158,7 @@ def cmd_serve(args) -> None:
     import uvicorn
 
     from captioner.checkpoint import default_model_path
+    from captioner.devices import pick_device
     from captioner.serve.app import create_app
 
     models = {}
@@ -168,7 +171,7 @@ def cmd_serve(args) -> None:
         if name in models:
             raise CaptionerError(f"serve: two models named '{name}'; name them with --model NAME=PATH")
         models[name] = path
-    app = create_app(models, max_upload_mb=args.max_upload_mb)
+    app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)))
     print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -189,6 +192,11 @@ def add_decode_set(s) -> None:
     s.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
                    help="decoding setting for this run, e.g. --set decode.block_ngram=3 or "
                         "--set decode.length_penalty=1.0 (repeatable)")
+
+
+def add_device(s, what: str) -> None:
+    s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help=f"{what} (default auto: the GPU when torch sees one, else the CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="extract encoder features of a dataset into the cache (resumable)")
     s.add_argument("--data", required=True, help=data_help)
     add_config(s)
+    add_device(s, "where the encoder runs")
     s.set_defaults(func=cmd_features)
 
     s = sub.add_parser("train", help="train a model (features from the cache; decoded-metric model selection)")
@@ -253,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
     s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device(s, "where decoding (and a fine-tuned encoder) runs")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("caption", help="print one caption per image file")
@@ -264,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
                    "attention figure (NAME.attention.png) and captions.json")
+    add_device(s, "where the encoder and decoder run")
     s.set_defaults(func=cmd_caption)
 
     s = sub.add_parser("serve", help="start the local web demo and JSON API (POST /api/caption)")
@@ -272,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    add_device(s, "where the models run")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("export", help="write a model file (from a model.pt or a run's checkpoint), e.g. in fp16")

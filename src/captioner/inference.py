@@ -7,6 +7,7 @@ import torch
 
 from captioner.checkpoint import CaptionModel
 from captioner.decoding import Hypothesis, beam_search
+from captioner.devices import module_device
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.io import write_json_atomic
@@ -16,7 +17,8 @@ log = logging.getLogger("captioner")
 
 
 def model_encoder(model: CaptionModel, weights: str | None = None):
-    """The encoder a model was trained on (same name, weights, input size and grid)."""
+    """The encoder a model was trained on (same name, weights, input size and grid), on the device of the
+    model's decoder."""
     e = model.config.encoder
     fine_tuned = model.encoder_state is not None
     encoder = create_encoder(e.name, weights="none" if fine_tuned else (weights or e.weights),
@@ -24,7 +26,7 @@ def model_encoder(model: CaptionModel, weights: str | None = None):
                              grid_size=model.encoder.get("grid_size", e.grid_size), layer=e.layer)
     if fine_tuned:  # the model carries its own encoder weights
         encoder.load_state_dict(model.encoder_state)
-    return encoder
+    return encoder.to(module_device(model.decoder))
 
 
 def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
@@ -33,9 +35,10 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
     time, with the model's decoding settings (length penalty, banned words, n-gram blocking, ...)."""
     n = next(iter(features.values())).size(0)
     options = model.config.decode.search_options(model.vocab)
+    device = module_device(model.decoder)
     hyps: list[Hypothesis] = []
     for i in range(0, n, batch_size):
-        batch = {k: v[i : i + batch_size].float() for k, v in features.items()}
+        batch = {k: v[i : i + batch_size].to(device).float() for k, v in features.items()}
         hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
                             beam_size=beam_size, max_len=max_len, **options)
     return hyps
@@ -94,13 +97,16 @@ def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_le
 
 
 def encode_images(encoder, images: list, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Encoder features of PIL images, computed now (no cache): {"global": [N, D], "grid": [N, L, C]}."""
+    """Encoder features of PIL images, computed now (no cache): {"global": [N, D], "grid": [N, L, C]}, on
+    the encoder's device, in float32 (a few images: no fp16 autocast here, unlike feature extraction)."""
     encoder.freeze()
+    device = module_device(encoder)
     tensors = [encoder.preprocess(img) for img in images]  # [3, S, S] each
     outputs = []
     with torch.inference_mode():
         for i in range(0, len(tensors), batch_size):
-            outputs.append(encoder(torch.stack(tensors[i : i + batch_size])))  # ([b, D], [b, L, C])
+            batch = torch.stack(tensors[i : i + batch_size]).to(device)  # [b, 3, S, S]
+            outputs.append(encoder(batch.contiguous(memory_format=torch.channels_last)))  # ([b, D], [b, L, C])
     return {"global": torch.cat([g for g, _ in outputs]), "grid": torch.cat([x for _, x in outputs])}
 
 
@@ -134,7 +140,8 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
         failed = sorted(Path(p).name for p, err in zip(paths, errors, strict=True) if err)
         feats = encode_images(model_encoder(model), [img for img in images if img is not None]) if chosen else {}
     else:
-        dataset, records, _, cache = load_features(model.config, data, cache_root, progress)
+        dataset, records, _, cache = load_features(model.config, data, cache_root, progress,
+                                                   device=str(module_device(model.decoder)))
         failed = sorted(cache.failed)
         chosen, rows = split_rows(records, cache, split, limit)
         global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]

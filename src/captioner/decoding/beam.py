@@ -106,6 +106,9 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
 
     norm = final["score"] / final["length"].clamp(min=1).float() ** length_penalty  # [B*K]
     best = norm.view(batch, k).argmax(dim=1) + torch.arange(batch, device=device) * k  # [B] best row per image
+    # backtracking reads single elements: on a GPU, one copy to the CPU instead of one sync per element
+    history = {name: [t.cpu() for t in steps] for name, steps in history.items()}
+    final = {name: t.cpu() for name, t in final.items()}
     return [_backtrack(r, history, float(final["score"][r]), int(final["length"][r]), bool(final["finished"][r]))
             for r in best.tolist()]
 

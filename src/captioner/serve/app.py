@@ -46,6 +46,7 @@ class LoadedModel:
     path: Path
     model: object = None
     encoder: object = None
+    device: str = "cpu"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self):
@@ -54,20 +55,20 @@ class LoadedModel:
                 from captioner.checkpoint import load_model
                 from captioner.inference import model_encoder
 
-                self.model = load_model(self.path)
+                self.model = load_model(self.path).to(self.device)
                 self.encoder = model_encoder(self.model)
         return self
 
 
 def create_app(models: dict[str, str | Path], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
-               samples: Path = SAMPLES) -> FastAPI:
-    """The demo app for the named model files (the first is the default)."""
+               samples: Path = SAMPLES, device: str = "cpu") -> FastAPI:
+    """The demo app for the named model files (the first is the default), run on ``device``."""
     if not models:
         raise CaptionerError("serve: no model to serve")
     for name, path in models.items():
         if not Path(path).is_file():
             raise CaptionerError(f"{path}: no such model file (model '{name}')")
-    loaded = {name: LoadedModel(Path(path)) for name, path in models.items()}
+    loaded = {name: LoadedModel(Path(path), device=str(device)) for name, path in models.items()}
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
 

@@ -21,6 +21,7 @@ from captioner.checkpoint import CaptionModel, load_model, save_model
 from captioner.config import Config
 from captioner.data.readers import dataset_fingerprint, load_dataset
 from captioner.data.vocab import Vocab
+from captioner.devices import extraction_options, pick_device
 from captioner.distributed import barrier, join_early, processes_per_node
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError, file_error
@@ -46,13 +47,18 @@ def build_encoder(cfg: Config):
     return create_encoder(e.name, weights=e.weights, input_size=e.input_size, grid_size=e.grid_size, layer=e.layer)
 
 
-def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None = None, progress: bool = True):
-    """Read the dataset and open (or build) its feature cache for the config's encoder."""
+def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None = None, progress: bool = True,
+                  device: str | None = None):
+    """Read the dataset and open (or build) its feature cache for the config's encoder.
+
+    Extraction runs on ``device`` (default: a GPU when there is one, unless ``train.accelerator`` is cpu).
+    """
     dataset = load_dataset(data)
     records = [r for r in dataset.records if r.split]
     encoder = build_encoder(cfg)
+    device = pick_device(device or ("cpu" if cfg.train.accelerator == "cpu" else "auto"))
     cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
-                           progress=progress)
+                           progress=progress, **extraction_options(device))
     return dataset, records, encoder, cache
 
 
@@ -66,9 +72,31 @@ def split_rows(records, cache, split: str, limit: int | None = None):
 def _precision(cfg: Config) -> str:
     if cfg.train.precision != "auto":
         return cfg.train.precision
-    if torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda"):
+    if _on_gpu(cfg):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def _on_gpu(cfg: Config) -> bool:
+    return torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+
+
+def _determinism(cfg: Config) -> bool | str:
+    """Lightning's ``deterministic``: exact on the CPU; on a GPU "warn", since some CUDA kernels have no
+    deterministic version (e.g. adaptive_avg_pool2d's backward, used when fine-tuning the encoder) and
+    insisting would stop the run."""
+    if not cfg.train.deterministic:
+        return False
+    return "warn" if _on_gpu(cfg) else True
+
+
+def _check_gpus(cfg: Config) -> None:
+    """More processes on a machine than it has GPUs would put two of them on one GPU, which NCCL refuses
+    with a long traceback: say so in one line before any process group starts."""
+    per_node = processes_per_node(cfg.train.devices)[0]
+    if _on_gpu(cfg) and str(per_node).isdigit() and int(per_node) > torch.cuda.device_count():
+        raise CaptionerError(f"{per_node} training processes per machine but {torch.cuda.device_count()} GPU(s) "
+                             "visible: start at most one process per GPU, or --set train.accelerator=cpu")
 
 
 def _start_model(cfg: Config):
@@ -84,8 +112,7 @@ def _start_model(cfg: Config):
 
 def _backend(cfg: Config) -> str:
     """The process-group backend for multi-process runs: NCCL between GPUs, gloo on CPUs."""
-    gpu = torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
-    return "nccl" if gpu else "gloo"
+    return "nccl" if _on_gpu(cfg) else "gloo"
 
 
 def _comparable(cfg: Config) -> dict:
@@ -131,6 +158,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     """Train the model a config describes; returns the path of the exported best model (model.pt)."""
     out_dir = Path(out_dir)
     t = cfg.train
+    _check_gpus(cfg)
     join_early(_backend(cfg))  # torchrun / SLURM: all processes from here on, sharing the feature extraction
     L.seed_everything(t.seed, workers=True)
     if cfg.encoder.finetune:  # features computed in the loop from the images
@@ -207,7 +235,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         strategy=DDPStrategy(process_group_backend=_backend(cfg)) if several else "auto",
         use_distributed_sampler=False,  # our batch sampler gives each process its part of every batch
         precision=_precision(cfg), plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=t.grad_clip or None, deterministic=t.deterministic, callbacks=callbacks,
+        gradient_clip_val=t.grad_clip or None, deterministic=_determinism(cfg), callbacks=callbacks,
         logger=[CSVLogger(out_dir, name="", version=_log_version(out_dir, resume)),
                 TensorBoardLogger(out_dir, name="", version="tb")],
         enable_progress_bar=progress, enable_model_summary=False, default_root_dir=out_dir,
