@@ -116,6 +116,18 @@ def test_hard_attention_entropy_term_and_baseline():
     assert float(dec.baseline) != first  # moving average moved
 
 
+@pytest.mark.parametrize("reward, ratio", [("caption", (1.6, 2.4)), ("word", (0.8, 1.2))])
+def test_hard_attention_reward_per_caption_or_per_word(reward, ratio):
+    """The baseline's first value is the mean reward: with the whole caption's log-likelihood it about
+    doubles when the captions are twice as long; per word (Xu et al.'s code) it stays put."""
+    baselines = []
+    for length in (7, 14):
+        dec = small_decoder("hard", expected_context_prob=0.0, reinforce_reward=reward).train()
+        dec.loss(random_feats(16), random_captions(16, length=length))
+        baselines.append(float(dec.baseline))
+    assert ratio[0] < baselines[1] / baselines[0] < ratio[1]
+
+
 def test_hard_attention_uses_one_location_at_inference():
     dec = small_decoder("hard").eval()
     feats = random_feats(2)

@@ -27,6 +27,10 @@ class ModelConfig:
     reinforce_weight: float = 1.0  # lambda_r: weight of the score-function (REINFORCE) term
     entropy_weight: float = 0.002  # lambda_e: weight of the attention entropy bonus
     baseline_decay: float = 0.9  # moving-average baseline b <- decay * b + (1 - decay) * log p(y|s)
+    # REINFORCE reward: caption = log p(y|s,a) of the whole caption (the paper's eq. 11); word = its mean per
+    # word, as Xu et al.'s released code computes it (arctic-captions, RL_sumCost), which does not grow with
+    # caption length, so a moving-average baseline over batches of different lengths stays comparable
+    reinforce_reward: str = "caption"
     expected_context_prob: float = 0.5  # use the expected (soft) context for this fraction of captions
     hard_inference: str = "argmax"  # context at decoding time: argmax | expected | sample
     glove: str | None = None  # word vectors in GloVe text format to start the embedding from (dims = embed_dim)
@@ -147,6 +151,8 @@ class Config:
             raise file_error(source, f"model.type must be nic, soft, hard or uniform, not {self.model.type!r}")
         if self.train.monitor not in ("bleu4", "cider"):
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
+        if self.model.reinforce_reward not in ("caption", "word"):
+            raise file_error(source, "model.reinforce_reward must be caption or word")
         if self.model.hard_inference not in ("argmax", "expected", "sample"):
             raise file_error(source, "model.hard_inference must be argmax, expected or sample")
         if self.train.scst_baseline not in ("greedy", "mean") or (

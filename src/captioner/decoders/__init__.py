@@ -26,5 +26,5 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
         return HardAttentionDecoder(
             vocab_size, grid_dim, reinforce_weight=cfg.reinforce_weight, entropy_weight=cfg.entropy_weight,
             baseline_decay=cfg.baseline_decay, expected_context_prob=cfg.expected_context_prob,
-            hard_inference=cfg.hard_inference, **attention)
+            hard_inference=cfg.hard_inference, reinforce_reward=cfg.reinforce_reward, **attention)
     raise ValueError(f"unknown model type {cfg.type!r}")

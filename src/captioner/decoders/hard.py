@@ -12,6 +12,8 @@ and, with probability 0.5 per caption, the sampled location is replaced by its e
 context), as in the paper. Without the REINFORCE term the attention MLP would get no gradient at all
 from sampled captions: a known failure of existing hard-attention code.
 
+With ``reinforce_reward="word"`` the reward is log p(y|s,a) per word, as in the authors' released code.
+
 At decoding time the location is, by ``hard_inference``: the argmax of alpha (default), a sample, or the
 expected context.
 """
@@ -26,14 +28,15 @@ from captioner.decoders.soft import SoftAttentionDecoder, _entropy
 class HardAttentionDecoder(SoftAttentionDecoder):
     def __init__(self, *args, reinforce_weight: float = 1.0, entropy_weight: float = 0.002,
                  baseline_decay: float = 0.9, expected_context_prob: float = 0.5,
-                 hard_inference: str = "argmax", **kwargs):
+                 hard_inference: str = "argmax", reinforce_reward: str = "caption", **kwargs):
         super().__init__(*args, **kwargs)
         self.reinforce_weight = reinforce_weight
         self.entropy_weight = entropy_weight
         self.baseline_decay = baseline_decay
         self.expected_context_prob = expected_context_prob
         self.hard_inference = hard_inference
-        self.register_buffer("baseline", torch.zeros(()))  # moving average of log p(y|s,a) per caption
+        self.reinforce_reward = reinforce_reward  # caption: log p(y|s,a); word: its mean per word
+        self.register_buffer("baseline", torch.zeros(()))  # moving average of the reward
         self.register_buffer("baseline_ready", torch.zeros((), dtype=torch.bool))
 
     def encode(self, feats):
@@ -67,6 +70,8 @@ class HardAttentionDecoder(SoftAttentionDecoder):
         log_p_s = torch.log(alphas.gather(2, locs.unsqueeze(2)).squeeze(2).clamp(min=1e-12))  # [B, T]
         log_p_s = (log_p_s * mask).sum(dim=1)  # [B]  log p(s|a)
         reward = -nll.detach().sum(dim=1)  # [B]  log p(y|s,a)
+        if self.reinforce_reward == "word":
+            reward = reward / mask.sum(dim=1).clamp(min=1)  # [B]  mean log-probability per word
         if sampled.any():
             self._update_baseline(reward[sampled].mean())
         advantage = (reward - self.baseline) * sampled  # [B]
