@@ -68,7 +68,7 @@ def create_app(models: dict[str, str | Path], max_upload_mb: float = 10.0, max_p
     for name, path in models.items():
         if not Path(path).is_file():
             raise CaptionerError(f"{path}: no such model file (model '{name}')")
-    loaded = {name: LoadedModel(Path(path), device=str(device)) for name, path in models.items()}
+    loaded = {name: LoadedModel(Path(path), device=device) for name, path in models.items()}
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
 

@@ -51,12 +51,12 @@ def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None =
                   device: str | None = None):
     """Read the dataset and open (or build) its feature cache for the config's encoder.
 
-    Extraction runs on ``device`` (default: a GPU when there is one, unless ``train.accelerator`` is cpu).
+    Extraction runs on ``device`` (default: the GPU when training would use one, else the CPU).
     """
     dataset = load_dataset(data)
     records = [r for r in dataset.records if r.split]
     encoder = build_encoder(cfg)
-    device = pick_device(device or ("cpu" if cfg.train.accelerator == "cpu" else "auto"))
+    device = pick_device(device or ("auto" if _on_gpu(cfg) else "cpu"))
     cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
                            progress=progress, **extraction_options(device))
     return dataset, records, encoder, cache
