@@ -32,6 +32,20 @@ def test_resume_continues_and_keeps_earlier_logs(tmp_path):
     assert (run / "model.pt").exists()
 
 
+def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path):
+    """With lr 0 no epoch beats the first, so best.ckpt stays at epoch 0; last.ckpt must still be the last
+    epoch, or --resume would repeat every epoch since the best one."""
+    data = make_synth(tmp_path / "synth", n_train=40, n_val=8, n_test=2, size=32)
+    run = tmp_path / "run"
+    sets = ["train.batch_size=16", "model.embed_dim=16", "model.hidden_dim=16", "model.attention_dim=8",
+            "train.max_epochs=3", "train.early_stop_patience=10", "train.lr=0"]
+    train(load_config("synth_soft", sets), data, run, tmp_path / "cache", progress=False)
+    ckpts = run / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(ckpts / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
 def _train_cmd(data, run, cache, sets, resume=False):
     cmd = [sys.executable, "-m", "captioner.cli", "train", "--config", "synth_hard", "--data", str(data),
            "--out", str(run), "--cache", str(cache), "--no-progress"]

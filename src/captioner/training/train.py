@@ -223,8 +223,12 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         module.attach_encoder(encoder)
     monitor = f"val/{t.monitor}"
     best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_last=True, save_top_k=1, enable_version_counter=False)
-    callbacks = [best, EarlyStopping(monitor=monitor, mode="max", patience=t.early_stop_patience),
+                           save_top_k=1, enable_version_counter=False)
+    # Every epoch, not only improving ones (Lightning's save_last only follows a top-k save): --resume
+    # then repeats no finished epoch.
+    latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
+                             enable_version_counter=False)
+    callbacks = [best, latest, EarlyStopping(monitor=monitor, mode="max", patience=t.early_stop_patience),
                  LearningRateMonitor(logging_interval="epoch")]
     if progress:
         callbacks.append(RichProgressBar())
