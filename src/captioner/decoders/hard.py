@@ -12,7 +12,8 @@ and, with probability 0.5 per caption, the sampled location is replaced by its e
 context), as in the paper. Without the REINFORCE term the attention MLP would get no gradient at all
 from sampled captions: a known failure of existing hard-attention code.
 
-With ``reinforce_reward="word"`` the reward is log p(y|s,a) per word, as in the authors' released code.
+The reward is log p(y|s,a) per word (``reinforce_reward="word"``, the default, as in the authors' released
+code) or of the whole caption (``"caption"``, eq. 11 as printed).
 
 At decoding time the location is, by ``hard_inference``: the argmax of alpha (default), a sample, or the
 expected context.
@@ -28,7 +29,7 @@ from captioner.decoders.soft import SoftAttentionDecoder, _entropy
 class HardAttentionDecoder(SoftAttentionDecoder):
     def __init__(self, *args, reinforce_weight: float = 1.0, entropy_weight: float = 0.002,
                  baseline_decay: float = 0.9, expected_context_prob: float = 0.5,
-                 hard_inference: str = "argmax", reinforce_reward: str = "caption", **kwargs):
+                 hard_inference: str = "argmax", reinforce_reward: str = "word", **kwargs):
         super().__init__(*args, **kwargs)
         self.reinforce_weight = reinforce_weight
         self.entropy_weight = entropy_weight
