@@ -23,14 +23,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "flickr8k"
 RUNS = Path.home() / ".cache" / "captioner" / "runs" / "flickr8k"
-# (config, row label) in the order of the reference assignment's table, then the ablation
+# (run folder, row label, config, --set overrides) in the order of the reference assignment's table, then
+# the ablations
 ROWS = [
-    ("nic_lite0", "NIC (Show and Tell), EfficientNet-Lite0"),
-    ("soft_mobilenet", "soft attention, MobileNetV2"),
-    ("soft_lite0", "soft attention, EfficientNet-Lite0"),
-    ("hard_mobilenet", "hard attention, MobileNetV2"),
-    ("hard_lite0", "hard attention, EfficientNet-Lite0"),
-    ("uniform_lite0", "ablation: uniform attention (mean-pooled context), EfficientNet-Lite0"),
+    ("nic_lite0", "NIC (Show and Tell), EfficientNet-Lite0", "nic_lite0", ()),
+    ("soft_mobilenet", "soft attention, MobileNetV2", "soft_mobilenet", ()),
+    ("soft_lite0", "soft attention, EfficientNet-Lite0", "soft_lite0", ()),
+    ("hard_mobilenet", "hard attention, MobileNetV2", "hard_mobilenet", ()),
+    ("hard_lite0", "hard attention, EfficientNet-Lite0", "hard_lite0", ()),
+    ("uniform_lite0", "ablation: uniform attention (mean-pooled context), EfficientNet-Lite0", "uniform_lite0", ()),
+    ("hard_lite0_caption", "ablation: hard attention rewarded with the whole caption's log-likelihood (eq. 11 "
+     "as printed), EfficientNet-Lite0", "hard_lite0", ("model.reinforce_reward=caption",)),
 ]
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 PUBLISHED = [  # Xu et al. 2015, Table 1, Flickr8k (BLEU x100; METEOR as printed; no ROUGE-L / CIDEr)
@@ -98,13 +101,13 @@ def history(out: Path) -> dict:
             for n, e in sorted(epochs.items())}
 
 
-def table(rows: list[tuple[str, str]], runs: Path) -> str:
+def table(rows: list[tuple], runs: Path) -> str:
     lines = ["| model | " + " | ".join(METRICS) + " | epochs (best) | training time | attention entropy, "
              "epoch 1 → last (nats) |", "|---" * (len(METRICS) + 4) + "|"]
     for label, values in PUBLISHED:
         lines.append(f"| {label} | " + " | ".join("–" if v is None else f"{v:.1f}" for v in values) + " | | | |")
-    for config, label in rows:
-        out = runs / config
+    for name, label, *_ in rows:
+        out = runs / name
         report_file = out / "val_beam5.json"
         if not report_file.exists():
             lines.append(f"| {label} | " + " | ".join("…" for _ in METRICS) + " | not trained yet | | |")
@@ -119,14 +122,14 @@ def table(rows: list[tuple[str, str]], runs: Path) -> str:
         time_text = f"{seconds / 3600:.1f} h" if seconds else "–"
         lines.append(f"| {label} | " + " | ".join(f"{100 * metrics[m]:.1f}" if m in metrics else "–"
                                                   for m in METRICS)
-                     + f" | {len(hist)} ({best}) | {time_text} | {ent_text} |")
+                     + (f" | {len(hist)} ({best})" if hist else " | – (no log)") + f" | {time_text} | {ent_text} |")
     grid = 49  # 7x7 locations: a uniform map has entropy log 49
     lines.append(f"\nval split (1000 images), beam 5, scores ×100 (pycocoevalcap, Java PTB tokenizer); uniform "
                  f"attention over 7×7 has entropy ln 49 = {math.log(grid):.2f} nats.")
     return "\n".join(lines)
 
 
-def plot_entropy(rows: list[tuple[str, str]], runs: Path, path: Path) -> bool:
+def plot_entropy(rows: list[tuple], runs: Path, path: Path) -> bool:
     """Mean training attention entropy per epoch for every attention row that has a log; False if none."""
     import matplotlib
 
@@ -135,10 +138,10 @@ def plot_entropy(rows: list[tuple[str, str]], runs: Path, path: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     drawn = False
-    for config, label in rows:
-        hist = history(runs / config) if (runs / config / "logs").exists() else {}
+    for name, label, *_ in rows:
+        hist = history(runs / name) if (runs / name / "logs").exists() else {}
         points = [(epoch + 1, e["entropy"]) for epoch, e in hist.items() if e["entropy"] is not None]
-        if points and not config.startswith("nic"):
+        if points and not name.startswith("nic"):
             ax.plot(*zip(*points, strict=True), marker="o", label=label)
             drawn = True
     if not drawn:
@@ -166,14 +169,16 @@ def main() -> None:
                         "themselves allow 20 with early stopping); 0 keeps the config's value")
     p.add_argument("--table-only", action="store_true", help="only rebuild the table from finished runs")
     args = p.parse_args()
-    wanted = args.rows.split(",") if args.rows else [c for c, _ in ROWS]
-    unknown = set(wanted) - {c for c, _ in ROWS}
+    names = [row[0] for row in ROWS]
+    wanted = args.rows.split(",") if args.rows else names
+    unknown = set(wanted) - set(names)
     if unknown:
-        sys.exit(f"unknown rows: {', '.join(sorted(unknown))}; rows are {', '.join(c for c, _ in ROWS)}")
+        sys.exit(f"unknown rows: {', '.join(sorted(unknown))}; rows are {', '.join(names)}")
     if not args.table_only:
-        for config in wanted:
-            train(config, args.data, args.runs / config, args.max_epochs)
-            evaluate(args.data, args.runs / config)
+        for name, _, config, sets in ROWS:
+            if name in wanted:
+                train(config, args.data, args.runs / name, args.max_epochs, sets)
+                evaluate(args.data, args.runs / name)
     text = table(ROWS, args.runs)
     (args.runs / "table.md").write_text(text + "\n")
     print(text)
