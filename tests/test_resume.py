@@ -114,3 +114,29 @@ def test_resume_with_another_config_is_refused(tmp_path):
               tmp_path / "cache", resume=True, progress=False)
     with pytest.raises(CaptionerError, match="holds a previous run; pass --resume"):
         train(load_config("synth_soft", quick), data, tmp_path / "run", tmp_path / "cache", progress=False)
+
+
+def test_a_run_saved_before_a_default_changed_keeps_the_old_value(tmp_path):
+    """Hard attention's REINFORCE reward became per-word by default; a run whose config.yaml predates the setting
+    was trained with the whole-caption reward, so resuming it with today's defaults is refused, and resuming it
+    with the old value is allowed."""
+    import pytest
+    import yaml
+
+    from captioner.config import Config
+    from captioner.data.vocab import Vocab
+    from captioner.errors import CaptionerError
+    from captioner.training.train import _prepare_run
+
+    assert Config.from_dict({"model": {"type": "hard"}}).model.reinforce_reward == "word"  # today's default
+    assert Config.from_saved({"model": {"type": "hard"}}).model.reinforce_reward == "caption"  # saved before it
+    assert Config.from_saved({"model": {"type": "hard", "reinforce_reward": "word"}}).model.reinforce_reward == "word"
+
+    cfg = load_config("synth_hard")
+    old = cfg.to_dict()
+    del old["model"]["reinforce_reward"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    Vocab.build([["a", "dog"]]).save(tmp_path / "vocab.json")
+    with pytest.raises(CaptionerError, match="started with a different config"):
+        _prepare_run(cfg, tmp_path, True, [])
+    _prepare_run(load_config("synth_hard", ["model.reinforce_reward=caption"]), tmp_path, True, [])

@@ -101,7 +101,7 @@ def load_model(path: str | Path) -> CaptionModel:
     else:
         raise file_error(path, "not a captioner model file (no 'format' or Lightning hyper_parameters)")
     try:
-        config = Config.from_dict(hp["config"], source=str(path))
+        config = Config.from_saved(hp["config"], source=str(path))
         vocab = Vocab.from_dict(hp["vocab"])
         decoder = build_decoder(config.model, len(vocab), int(hp["global_dim"]), int(hp["grid_dim"]))
         decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

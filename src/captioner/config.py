@@ -112,6 +112,10 @@ class DecodeConfig:
                     repetition_penalty=self.repetition_penalty)
 
 
+# Settings whose default changed: the old value, for configs saved before the setting existed
+LEGACY = {"model": {"reinforce_reward": "caption"}}  # per-word became the default on 2026-11-26
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -146,6 +150,16 @@ class Config:
         cfg = cls(**kwargs)
         cfg.validate(source)
         return cfg
+
+    @classmethod
+    def from_saved(cls, d: dict, source: str = "config") -> "Config":
+        """A config that a run saved (its config.yaml): a key it lacks was added after the run began, and takes
+        the value that the version which wrote it used (LEGACY), not today's default."""
+        d = {name: dict(values) if isinstance(values, dict) else values for name, values in d.items()}
+        for section, keys in LEGACY.items():
+            if isinstance(d.get(section) or {}, dict):
+                d[section] = {**keys, **(d.get(section) or {})}
+        return cls.from_dict(d, source)
 
     def validate(self, source: str = "config") -> None:
         if self.model.type not in ("nic", "soft", "hard", "uniform"):

@@ -138,8 +138,8 @@ def _prepare_run(cfg: Config, out_dir: Path, resume: bool, train_records, vocab:
     if resume:
         if not vocab_file.exists():
             raise CaptionerError(f"{out_dir}: nothing to resume (no vocab.json); start without --resume")
-        saved = Config.from_dict(yaml.safe_load(config_file.read_text()), source=str(config_file))
-        if _comparable(saved) != _comparable(cfg):  # settings added since the run began count at their defaults
+        saved = Config.from_saved(yaml.safe_load(config_file.read_text()), source=str(config_file))
+        if _comparable(saved) != _comparable(cfg):  # settings added since the run began count as they were then
             raise CaptionerError(f"{config_file}: the run was started with a different config; "
                                  "resume with the same config or use another --out")
         return Vocab.load(vocab_file)
