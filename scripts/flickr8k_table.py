@@ -35,6 +35,8 @@ ROWS = [
     ("hard_lite0_caption", "ablation: hard attention rewarded with the whole caption's log-likelihood (eq. 11 "
      "as printed), EfficientNet-Lite0", "hard_lite0", ("model.reinforce_reward=caption",)),
 ]
+SHORT = {"uniform_lite0": "ablation: uniform attention, EfficientNet-Lite0",
+         "hard_lite0_caption": "ablation: hard, whole-caption reward, EfficientNet-Lite0"}  # plot legend
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 PUBLISHED = [  # Xu et al. 2015, Table 1, Flickr8k (BLEU x100; METEOR as printed; no ROUGE-L / CIDEr)
     ("Xu et al. 2015: soft attention (VGG, Flickr8k test)", (67.0, 44.8, 29.9, 19.5, 18.93, None, None)),
@@ -136,13 +138,13 @@ def plot_entropy(rows: list[tuple], runs: Path, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     drawn = False
     for name, label, *_ in rows:
         hist = history(runs / name) if (runs / name / "logs").exists() else {}
         points = [(epoch + 1, e["entropy"]) for epoch, e in hist.items() if e["entropy"] is not None]
         if points and not name.startswith("nic"):
-            ax.plot(*zip(*points, strict=True), marker="o", label=label)
+            ax.plot(*zip(*points, strict=True), marker="o", label=SHORT.get(name, label))
             drawn = True
     if not drawn:
         plt.close(fig)
@@ -151,7 +153,7 @@ def plot_entropy(rows: list[tuple], runs: Path, path: Path) -> bool:
     ax.set_xlabel("epoch")
     ax.set_ylabel("attention entropy (nats)")
     ax.set_title("Flickr8k: mean attention entropy over training")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)  # below: keeps the lines clear
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
