@@ -155,10 +155,11 @@ class Config:
     def from_saved(cls, d: dict, source: str = "config") -> "Config":
         """A config that a run saved (its config.yaml): a key it lacks was added after the run began, and takes
         the value that the version which wrote it used (LEGACY), not today's default."""
-        d = {name: dict(values) if isinstance(values, dict) else values for name, values in d.items()}
+        d = dict(d)
         for section, keys in LEGACY.items():
-            if isinstance(d.get(section) or {}, dict):
-                d[section] = {**keys, **(d.get(section) or {})}
+            values = d.get(section) or {}
+            if isinstance(values, dict):  # (anything else: from_dict names the problem)
+                d[section] = {**keys, **values}
         return cls.from_dict(d, source)
 
     def validate(self, source: str = "config") -> None:
