@@ -15,11 +15,11 @@ from conftest import GLOBAL_DIM, GRID_DIM, random_feats, small_decoder
 WORDS = [["a", "red", "circle"], ["a", "blue", "square", "above", "a", "red", "circle"], ["green", "triangle"]]
 
 
-def _model(kind: str) -> CaptionModel:
+def _model(kind: str, **overrides) -> CaptionModel:
     vocab = Vocab.build(WORDS * 3 + [[f"w{i}" for i in range(6)]])
     assert len(vocab) <= 20
-    cfg = Config(model=ModelConfig(type=kind, embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0))
-    dec = small_decoder(kind)
+    cfg = Config(model=ModelConfig(type=kind, embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0, **overrides))
+    dec = small_decoder(kind, **overrides)
     encoder = {"name": "tiny", "weights": "none", "input_size": 64, "grid_size": 3,
                "global_dim": GLOBAL_DIM, "grid_dim": GRID_DIM}
     # the test decoder has 20 output words; make the vocab match by padding with made-up words
@@ -33,9 +33,10 @@ def _captions(model: CaptionModel):
     return [model.vocab.decode(h.tokens) for h in hyps]
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
-def test_round_trip_gives_identical_captions(tmp_path, kind):
-    model = _model(kind)
+@pytest.mark.parametrize("kind, overrides", [("nic", {}), ("soft", {}), ("hard", {}),
+                                             ("soft", {"deep_output": False})])
+def test_round_trip_gives_identical_captions(tmp_path, kind, overrides):
+    model = _model(kind, **overrides)
     path = save_model(tmp_path / "model.pt", model)
     torch.load(path, weights_only=True)  # plain tensors and containers only
     loaded = load_model(path)

@@ -40,12 +40,13 @@ def test_teacher_forcing_equals_stepping(kind):
         torch.testing.assert_close(logp, torch.log_softmax(logits[:, t], -1))
 
 
+@pytest.mark.parametrize("deep_output", [True, False])
 @pytest.mark.parametrize("kind", ["soft", "hard", "uniform"])
-def test_fast_teacher_forcing_has_the_same_gradients(kind):
+def test_fast_teacher_forcing_has_the_same_gradients(kind, deep_output):
     """The restructured loop (fused products, deferred weight gradients) = the plain per-step loop."""
     from captioner.decoders.base import Decoder
 
-    dec = small_decoder(kind).eval()  # eval: no dropout, hard attention uses its expected context
+    dec = small_decoder(kind, deep_output=deep_output).eval()  # eval: no dropout, hard: expected context
     feats, caps = random_feats(3), random_captions(3)
 
     def grads(teacher_forcing):
@@ -58,6 +59,21 @@ def test_fast_teacher_forcing_has_the_same_gradients(kind):
     assert plain["lstm.weight_hh"].abs().sum() > 0
     for name in fast:
         torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_plain_output_layer_projects_the_hidden_state(kind):
+    """deep_output=False: logits = L_o h_t (the tutorial's layer), in training and in stepping alike."""
+    dec = small_decoder(kind, deep_output=False).eval()
+    assert not hasattr(dec, "out_hidden") and dec.fc.in_features == 32  # hidden_dim, not embed_dim
+    feats, caps = random_feats(3), random_captions(3)
+    logits = dec.teacher_forcing(feats, caps)["logits"]
+    ctx = dec.encode(feats)
+    state = dec.init_state(ctx)
+    for t in range(caps.size(1) - 1):
+        logp, state, _ = dec.step(ctx, state, caps[:, t])
+        torch.testing.assert_close(dec.fc(state["h"]), logits[:, t])
+        torch.testing.assert_close(logp, torch.log_softmax(logits[:, t], -1))
 
 
 @pytest.mark.parametrize("kind", ["soft", "hard", "uniform"])

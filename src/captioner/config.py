@@ -23,6 +23,9 @@ class ModelConfig:
     attention_dim: int = 512
     dropout: float = 0.5
     alpha_c: float = 1.0  # doubly stochastic attention regularisation (soft, hard)
+    # attention models' output layer: true = Xu et al.'s deep output L_o tanh(E y + L_h h + L_z z) (eq. 7);
+    # false = L_o h, the plain layer of the common tutorial code
+    deep_output: bool = True
     # hard attention (Xu et al. 2015, section 4.1)
     reinforce_weight: float = 1.0  # lambda_r: weight of the score-function (REINFORCE) term
     entropy_weight: float = 0.002  # lambda_e: weight of the attention entropy bonus

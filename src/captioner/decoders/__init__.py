@@ -17,7 +17,7 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
     dims = dict(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     if cfg.type == "nic":
         return NICDecoder(vocab_size, global_dim, **dims)
-    attention = dict(attention_dim=cfg.attention_dim, alpha_c=cfg.alpha_c, **dims)
+    attention = dict(attention_dim=cfg.attention_dim, alpha_c=cfg.alpha_c, deep_output=cfg.deep_output, **dims)
     if cfg.type == "soft":
         return SoftAttentionDecoder(vocab_size, grid_dim, **attention)
     if cfg.type == "uniform":

@@ -6,6 +6,7 @@ Per word t, with annotation vectors a_i (the encoder grid, i = 1..L) and previou
     z_t   = beta_t * sum_i alpha_ti a_i,  beta_t = sigmoid(f_beta(h_{t-1}))   gating scalar (section 4.2.1)
     h_t   = LSTM([E y_{t-1}; z_t], h_{t-1})
     p(y_t) = softmax(L_o tanh(E y_{t-1} + L_h h_t + L_z z_t))               deep output (eq. 7)
+(``deep_output=False``: p(y_t) = softmax(L_o h_t), the plain output layer of the common tutorial code.)
 h_0, c_0 come from MLPs on the mean annotation vector. Training adds the doubly stochastic regulariser
 alpha_c * mean_i (1 - sum_t alpha_ti)^2 so that every location gets attention over the caption.
 """
@@ -22,9 +23,11 @@ class SoftAttentionDecoder(Decoder):
     has_attention = True
 
     def __init__(self, vocab_size: int, feature_dim: int, embed_dim: int = 512, hidden_dim: int = 512,
-                 attention_dim: int = 512, dropout: float = 0.5, alpha_c: float = 1.0, pad_id: int = 0):
+                 attention_dim: int = 512, dropout: float = 0.5, alpha_c: float = 1.0, deep_output: bool = True,
+                 pad_id: int = 0):
         super().__init__(vocab_size, pad_id)
         self.alpha_c = alpha_c
+        self.deep_output = deep_output
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.att_feat = nn.Linear(feature_dim, attention_dim)  # W_a
         self.att_hidden = nn.Linear(hidden_dim, attention_dim)  # W_h
@@ -33,10 +36,11 @@ class SoftAttentionDecoder(Decoder):
         self.init_c = nn.Linear(feature_dim, hidden_dim)
         self.f_beta = nn.Linear(hidden_dim, 1)
         self.lstm = nn.LSTMCell(embed_dim + feature_dim, hidden_dim)
-        self.out_hidden = nn.Linear(hidden_dim, embed_dim)  # L_h
-        self.out_context = nn.Linear(feature_dim, embed_dim)  # L_z
+        if deep_output:
+            self.out_hidden = nn.Linear(hidden_dim, embed_dim)  # L_h
+            self.out_context = nn.Linear(feature_dim, embed_dim)  # L_z
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(embed_dim, vocab_size)  # L_o
+        self.fc = nn.Linear(embed_dim if deep_output else hidden_dim, vocab_size)  # L_o
 
     def encode(self, feats: Features) -> State:
         grid = feats["grid"]  # [B, L, C]
@@ -76,10 +80,15 @@ class SoftAttentionDecoder(Decoder):
         else:  # decoding: the same LSTM, with the words' share of the gates looked up in a cached table
             gates = self._word_gates()[prev] + F.linear(torch.cat([z, h], dim=1), self._recurrent_weight())
             h, c = _lstm_cell(gates, c)  # [B, H]
-        out = torch.tanh(emb + self.out_hidden(h) + self.out_context(z))  # [B, E]
         new_state = {k: v for k, v in state.items() if k not in ("h", "c")}
         new_state.update(h=h, c=c)
-        return self.fc(self.dropout(out)), new_state, alpha  # [B, V]
+        return self.fc(self.dropout(self.output(emb, h, z))), new_state, alpha  # [B, V]
+
+    def output(self, emb: Tensor, h: Tensor, z: Tensor) -> Tensor:
+        """What L_o projects onto the vocabulary: the deep output tanh(E y + L_h h + L_z z) [.., E], or h [.., H]."""
+        if not self.deep_output:
+            return h
+        return torch.tanh(emb + self.out_hidden(h) + self.out_context(z))
 
     # ---- decoding-time caches: products of weights only, remade whenever a weight changes ----------
     def _word_gates(self) -> Tensor:
@@ -139,7 +148,7 @@ class SoftAttentionDecoder(Decoder):
             if "loc" in state:
                 locs.append(state["loc"])
         hidden, context = torch.stack(hs, 1), torch.stack(zs, 1)  # [B, T, H], [B, T, C]
-        out = torch.tanh(emb + self.out_hidden(hidden) + self.out_context(context))  # [B, T, E]
+        out = self.output(emb, hidden, context)  # [B, T, E] (deep output) or [B, T, H]
         result = {"logits": self.fc(self.dropout(out)), "alphas": torch.stack(alphas, 1)}  # [B, T, V], [B, T, L]
         if locs:
             result["locs"] = torch.stack(locs, 1)  # [B, T]
