@@ -37,10 +37,14 @@ ROWS = [
     # the tutorial floor's batch size; 5 epochs of batch 32 = the other rows' 10 epochs of 64 in updates
     ("soft_lite0_b32", "recipe check: soft attention, batch 32 for 5 epochs (the other rows' number of updates), "
      "EfficientNet-Lite0", "soft_lite0", ("train.batch_size=32", "train.max_epochs=5")),
+    ("soft_lite0_b32_linear", "recipe check: the same with the tutorial's output layer (linear on h_t, no deep "
+     "output), EfficientNet-Lite0", "soft_lite0", ("train.batch_size=32", "train.max_epochs=5",
+                                                    "model.deep_output=false")),
 ]
 SHORT = {"uniform_lite0": "ablation: uniform attention, EfficientNet-Lite0",
          "hard_lite0_caption": "ablation: hard, whole-caption reward, EfficientNet-Lite0",
-         "soft_lite0_b32": "soft, batch 32, EfficientNet-Lite0"}  # plot legend
+         "soft_lite0_b32": "soft, batch 32, EfficientNet-Lite0",
+         "soft_lite0_b32_linear": "soft, batch 32, linear output, EfficientNet-Lite0"}  # plot legend
 METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 PUBLISHED = [  # Xu et al. 2015, Table 1, Flickr8k (BLEU x100; METEOR as printed; no ROUGE-L / CIDEr)
     ("Xu et al. 2015: soft attention (VGG, Flickr8k test)", (67.0, 44.8, 29.9, 19.5, 18.93, None, None)),
