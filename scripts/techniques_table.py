@@ -37,10 +37,14 @@ ROWS = {
     "embed256": ("word embedding 256 (baseline 512)", "train", ("model.embed_dim=256",)),
     "scst": ("SCST, CIDEr-D reward, mean-of-samples baseline, lr 1e-5, 2 epochs after the baseline", "scst",
              ("train.max_epochs=2",)),
+    "scst_dropout3": ("SCST as above, from the dropout 0.3 row's model", "scst",
+                      ("train.max_epochs=2", "model.dropout=0.3")),
     "block3": ("decoding: trigram blocking", "decode", ("decode.block_ngram=3",)),
     "lp1": ("decoding: length penalty 1.0", "decode", ("decode.length_penalty=1.0",)),
     "best": ("best recipe: SCST + length penalty 1.0 + trigram blocking (the shipped model)", "decode_scst",
              ("decode.length_penalty=1.0", "decode.block_ngram=3")),
+    "best_dropout3": ("SCST from dropout 0.3 + length penalty 1.0 + trigram blocking", "decode_scst",
+                      ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     # (the hard member: the run with the whole-caption REINFORCE reward, the hard row when these were measured)
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble",
@@ -62,6 +66,9 @@ ROWS = {
     "nic_dropout3": ("NIC + dropout 0.3 (baseline 0.5)", "train", ("model.dropout=0.3",), NIC),
     "nic_embed256": ("NIC + word embedding 256 (baseline 512)", "train", ("model.embed_dim=256",), NIC),
 }
+# Where the SCST rows start, and which SCST row a "decode_scst" row scores (default: the baseline, "scst").
+SCST_FROM = {"scst_dropout3": "tech_dropout3"}
+SCST_ROW = {"best_dropout3": "scst_dropout3"}
 
 
 def base_of(name: str) -> str:
@@ -73,11 +80,14 @@ def plan(name: str, runs: Path) -> str:
     if kind == "train":
         return f"train {base_of(name)} --set {' --set '.join(settings)} -> {runs / ('tech_' + name)}"
     if kind == "scst":
-        return f"train scst_soft_lite0 --set train.init_from={runs / BASE / 'model.pt'} -> {runs / 'tech_scst'}"
+        start = runs / SCST_FROM.get(name, BASE) / "model.pt"
+        return (f"train scst_soft_lite0 --set train.init_from={start}" + "".join(f" --set {s}" for s in settings)
+                + f" -> {runs / ('tech_' + name)}")
     if kind == "base":
         return f"evaluate --model {runs / base_of(name) / 'model.pt'} (the main table's report, reused)"
     if kind == "decode_scst":
-        return f"evaluate --model {runs / 'tech_scst' / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
+        scst_run = runs / f"tech_{SCST_ROW.get(name, 'scst')}"
+        return f"evaluate --model {scst_run / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
     if kind in ("ensemble", "ensemble_decode"):
         sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
         return "evaluate " + " ".join(f"--model {runs / r / 'model.pt'}" for r in settings) \
@@ -95,12 +105,16 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         train(base_of(name), data, out, max_epochs, settings)
         return evaluate(data, out)
     if kind == "scst":
-        out = runs / "tech_scst"
-        train("scst_soft_lite0", data, out, None, (f"train.init_from={base_model}", *settings))
+        start = runs / SCST_FROM[name] / "model.pt" if name in SCST_FROM else base_model
+        if not start.exists():
+            sys.exit(f"{start}: train that row first (--rows {SCST_FROM[name].removeprefix('tech_')})")
+        out = runs / f"tech_{name}"
+        train("scst_soft_lite0", data, out, None, (f"train.init_from={start}", *settings))
         return evaluate(data, out)
     if kind == "decode_scst":
-        score("scst", data, runs, max_epochs)  # trains the SCST row first if needed
-        return evaluate(data, runs / "tech_scst", sets=settings, report=runs / f"tech_{name}_val_beam5.json")
+        scst_row = SCST_ROW.get(name, "scst")
+        score(scst_row, data, runs, max_epochs)  # trains the SCST row first if needed
+        return evaluate(data, runs / f"tech_{scst_row}", sets=settings, report=runs / f"tech_{name}_val_beam5.json")
     if kind in ("ensemble", "ensemble_decode"):
         models = tuple(runs / r / "model.pt" for r in settings)
         sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
