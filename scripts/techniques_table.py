@@ -97,7 +97,6 @@ def plan(name: str, runs: Path) -> str:
 
 def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
     label, kind, settings = ROWS[name][:3]
-    base_model = runs / BASE / "model.pt"
     if kind == "base":
         return evaluate(data, runs / base_of(name))
     if kind == "train":
@@ -105,8 +104,8 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         train(base_of(name), data, out, max_epochs, settings)
         return evaluate(data, out)
     if kind == "scst":
-        start = runs / SCST_FROM[name] / "model.pt" if name in SCST_FROM else base_model
-        if not start.exists():
+        start = runs / SCST_FROM.get(name, BASE) / "model.pt"
+        if not start.exists():  # the baseline is checked in main(); a technique row's run may be missing
             sys.exit(f"{start}: train that row first (--rows {SCST_FROM[name].removeprefix('tech_')})")
         out = runs / f"tech_{name}"
         train("scst_soft_lite0", data, out, None, (f"train.init_from={start}", *settings))
