@@ -39,12 +39,16 @@ ROWS = {
              ("train.max_epochs=2",)),
     "scst_dropout3": ("SCST as above, from the dropout 0.3 row's model", "scst",
                       ("train.max_epochs=2", "model.dropout=0.3")),
+    "scst_g14": ("SCST as above, 1 epoch, from the 14×14 recipe check's last epoch (its CIDEr-D-best)", "scst",
+                 ("train.max_epochs=1", "encoder.input_size=448", "encoder.grid_size=14")),
     "block3": ("decoding: trigram blocking", "decode", ("decode.block_ngram=3",)),
     "lp1": ("decoding: length penalty 1.0", "decode", ("decode.length_penalty=1.0",)),
     "best": ("best recipe: SCST + length penalty 1.0 + trigram blocking (the shipped model)", "decode_scst",
              ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "best_dropout3": ("SCST from dropout 0.3 + length penalty 1.0 + trigram blocking", "decode_scst",
                       ("decode.length_penalty=1.0", "decode.block_ngram=3")),
+    "best_g14": ("SCST from the 14×14 grid's last epoch + length penalty 1.0 + trigram blocking", "decode_scst",
+                 ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     # (the hard member: the run with the whole-caption REINFORCE reward, the hard row when these were measured)
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble",
@@ -66,9 +70,10 @@ ROWS = {
     "nic_dropout3": ("NIC + dropout 0.3 (baseline 0.5)", "train", ("model.dropout=0.3",), NIC),
     "nic_embed256": ("NIC + word embedding 256 (baseline 512)", "train", ("model.embed_dim=256",), NIC),
 }
-# Where the SCST rows start, and which SCST row a "decode_scst" row scores (default: the baseline, "scst").
-SCST_FROM = {"scst_dropout3": "tech_dropout3"}
-SCST_ROW = {"best_dropout3": "scst_dropout3"}
+# Where the SCST rows start (a model file under the runs folder; default: the baseline's model.pt), and which
+# SCST row a "decode_scst" row scores (default: "scst").
+SCST_FROM = {"scst_dropout3": "tech_dropout3/model.pt", "scst_g14": "soft_lite0_g14/checkpoints/last.ckpt"}
+SCST_ROW = {"best_dropout3": "scst_dropout3", "best_g14": "scst_g14"}
 
 
 def base_of(name: str) -> str:
@@ -80,7 +85,7 @@ def plan(name: str, runs: Path) -> str:
     if kind == "train":
         return f"train {base_of(name)} --set {' --set '.join(settings)} -> {runs / ('tech_' + name)}"
     if kind == "scst":
-        start = runs / SCST_FROM.get(name, BASE) / "model.pt"
+        start = runs / SCST_FROM.get(name, f"{BASE}/model.pt")
         return (f"train scst_soft_lite0 --set train.init_from={start}" + "".join(f" --set {s}" for s in settings)
                 + f" -> {runs / ('tech_' + name)}")
     if kind == "base":
@@ -104,9 +109,9 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         train(base_of(name), data, out, max_epochs, settings)
         return evaluate(data, out)
     if kind == "scst":
-        start = runs / SCST_FROM.get(name, BASE) / "model.pt"
-        if not start.exists():  # the baseline is checked in main(); a technique row's run may be missing
-            sys.exit(f"{start}: train that row first (--rows {SCST_FROM[name].removeprefix('tech_')})")
+        start = runs / SCST_FROM.get(name, f"{BASE}/model.pt")
+        if not start.exists():  # the baseline is checked in main(); the run a row starts from may be missing
+            sys.exit(f"{start}: train that run first ({SCST_FROM[name].split('/')[0]})")
         out = runs / f"tech_{name}"
         train("scst_soft_lite0", data, out, None, (f"train.init_from={start}", *settings))
         return evaluate(data, out)
