@@ -76,6 +76,11 @@ SCST_FROM = {"scst_dropout3": "tech_dropout3/model.pt", "scst_g14": "soft_lite0_
 SCST_ROW = {"best_dropout3": "scst_dropout3", "best_g14": "scst_g14"}
 
 
+def scst_start(name: str, runs: Path) -> Path:
+    """The model file an SCST row starts from."""
+    return runs / SCST_FROM.get(name, f"{BASE}/model.pt")
+
+
 def base_of(name: str) -> str:
     return ROWS[name][3] if len(ROWS[name]) > 3 else BASE
 
@@ -85,7 +90,7 @@ def plan(name: str, runs: Path) -> str:
     if kind == "train":
         return f"train {base_of(name)} --set {' --set '.join(settings)} -> {runs / ('tech_' + name)}"
     if kind == "scst":
-        start = runs / SCST_FROM.get(name, f"{BASE}/model.pt")
+        start = scst_start(name, runs)
         return (f"train scst_soft_lite0 --set train.init_from={start}" + "".join(f" --set {s}" for s in settings)
                 + f" -> {runs / ('tech_' + name)}")
     if kind == "base":
@@ -109,7 +114,7 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         train(base_of(name), data, out, max_epochs, settings)
         return evaluate(data, out)
     if kind == "scst":
-        start = runs / SCST_FROM.get(name, f"{BASE}/model.pt")
+        start = scst_start(name, runs)
         if not start.exists():  # the baseline is checked in main(); the run a row starts from may be missing
             sys.exit(f"{start}: train that run first ({SCST_FROM[name].split('/')[0]})")
         out = runs / f"tech_{name}"
