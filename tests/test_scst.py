@@ -15,9 +15,10 @@ from captioner.checkpoint import load_model
 from captioner.config import load_config
 from captioner.data.synth import make_synth
 from captioner.decoding.sample import sample_captions
+from captioner.errors import CaptionerError
 from captioner.metrics.cider_reward import CiderD
 from captioner.training.train import train
-from conftest import random_feats, small_decoder
+from conftest import random_feats, small_decoder, untrained_model_file
 
 
 def test_reward_equals_pycocoevalcap_ciderd():
@@ -84,3 +85,22 @@ def test_scst_after_cross_entropy_raises_cider(cross_entropy_model, tmp_path, ba
           f"train reward by epoch {_epochs(log, 'train/reward')}")
     assert after > start_cider + 0.1  # (about 4.0 -> 4.4 when this test was written)
     assert load_model(model).vocab == load_model(ce).vocab  # SCST keeps the start model's vocabulary
+
+
+@pytest.mark.parametrize("config,overrides,problem", [
+    ("synth_nic", [], "is a soft model on tiny features; this config trains nic on tiny"),
+    ("synth_soft", ["encoder.grid_size=2"], "was trained on encoder features with layer=None, input_size=64, "
+                                            "grid_size=4; this config gives layer=None, input_size=64, grid_size=2"),
+    ("synth_soft", ["encoder.input_size=32"], "input_size=64, grid_size=4; this config gives layer=None, "
+                                              "input_size=32, grid_size=4"),
+])
+def test_init_from_must_match_the_features(tmp_path, config, overrides, problem):
+    """A start model trained on other features is refused in one line naming it, before any features are made:
+    an attention decoder would otherwise take a grid of another size without complaint."""
+    start = untrained_model_file(tmp_path / "start.pt")
+    data = make_synth(tmp_path / "synth", n_train=8, n_val=4, n_test=0, size=32)
+    cfg = load_config(config, [f"train.init_from={start}", *overrides])
+    with pytest.raises(CaptionerError) as e:
+        train(cfg, data, tmp_path / "run", tmp_path / "cache", progress=False)
+    assert str(e.value).startswith(f"{start}: ") and problem in str(e.value)
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()

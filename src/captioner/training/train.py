@@ -107,7 +107,25 @@ def _start_model(cfg: Config):
                          f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
     if cfg.encoder.finetune:
         raise CaptionerError("train.init_from (and SCST) with encoder.finetune is not supported")
+    with torch.random.fork_rng():  # building an encoder with random weights must not move the run's RNG
+        desc = build_encoder(cfg).describe()
+    _check_start_features(start, desc, cfg.train.init_from)
     return start
+
+
+FEATURE_KEYS = ("layer", "input_size", "grid_size")  # what else, beside the encoder's name, shapes its features
+
+
+def _check_start_features(start, desc: dict, init_from: str) -> None:
+    """The start model must have been trained on the features this run feeds it: an attention decoder takes
+    any grid, so a 7x7 run started from a 14x14 model would train on without a word otherwise."""
+    theirs = {k: start.encoder.get(k) for k in FEATURE_KEYS if k in start.encoder}
+    ours = {k: desc[k] for k in theirs}
+    if theirs != ours:
+        show = ", ".join(f"{k}={v}" for k, v in theirs.items())
+        raise file_error(init_from, f"was trained on encoder features with {show}; this config gives "
+                         + ", ".join(f"{k}={v}" for k, v in ours.items())
+                         + " (set encoder.input_size / encoder.grid_size / encoder.layer to match)")
 
 
 def _backend(cfg: Config) -> str:
@@ -161,6 +179,10 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     _check_gpus(cfg)
     join_early(_backend(cfg))  # torchrun / SLURM: all processes from here on, sharing the feature extraction
     L.seed_everything(t.seed, workers=True)
+    if t.scst and not t.init_from:
+        raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
+                             "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
+    start = _start_model(cfg) if t.init_from and not resume else None  # checked before any features are made
     if cfg.encoder.finetune:  # features computed in the loop from the images
         dataset = load_dataset(data)
         records = [r for r in dataset.records if r.split]
@@ -178,10 +200,6 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
                              f"(found {dataset.splits()})")
     if t.val_images:
         val_records, val_rows = val_records[: t.val_images], val_rows[: t.val_images]
-    if t.scst and not t.init_from:
-        raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
-                             "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
-    start = _start_model(cfg) if t.init_from and not resume else None
     vocab = _prepare_run(cfg, out_dir, resume, train_records, start.vocab if start else None)
 
     captions, owners = encode_captions(train_records, train_rows, vocab, cfg.data.max_caption_len)
