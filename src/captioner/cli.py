@@ -1,4 +1,4 @@
-"""The ``captioner`` command: synth | prepare | features | train | evaluate | caption | serve | export.
+"""The ``captioner`` command: synth | prepare | features | train | evaluate | compare | caption | serve | export.
 
 Every problem with the user's input ends as one line on stderr (``error: <file>: <problem>``), exit code 2.
 """
@@ -16,6 +16,8 @@ EPILOG = """examples:
   captioner synth --out data/synth
   captioner train --config synth_soft --data data/synth --out runs/synth_soft
   captioner evaluate --model runs/synth_soft/model.pt --data data/synth --split test --beam-size 5
+  captioner evaluate --model runs/b/model.pt --data data/synth --out b.json   (and a.json from model a)
+  captioner compare a.json b.json                  (is b better than a, or is the gap noise?)
   captioner caption --model runs/synth_soft/model.pt photo1.jpg photo2.png
   captioner caption photo.jpg                      (the model shipped with captioner)
   captioner caption photo.jpg --out shown/        (captioned image + per-word attention figure)
@@ -116,6 +118,26 @@ def print_table(report: dict) -> None:
     table.add_row(*(f"{100 * v:.1f}" for v in report["metrics"].values()))
     Console().print(table)
     print("scores x100 (coco-caption / pycocoevalcap)")
+
+
+def cmd_compare(args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from captioner.metrics.bootstrap import compare_reports, significant
+
+    rows, images = compare_reports(args.a, args.b, args.resamples, args.seed, args.tokenizer)
+    print(f"A: {args.a}\nB: {args.b}")
+    table = Table(title=f"{images} images, {args.resamples} paired resamples")
+    for name in ("metric", "A", "B", "B - A", "95% interval", "P(B <= A)", ""):
+        table.add_column(name, justify="left" if name == "metric" else "right")
+    for r in rows:
+        table.add_row(r["metric"], f"{100 * r['a']:.1f}", f"{100 * r['b']:.1f}", f"{100 * r['diff']:+.1f}",
+                      f"[{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]", f"{r['p_not_better']:.3f}",
+                      "significant" if significant(r) else "within noise")
+    Console(width=200).print(table)
+    print("scores x100; the interval covers the luck of which images were scored, not training noise (two "
+          "trainings with another train.seed show that)")
 
 
 def cmd_caption(args) -> None:
@@ -264,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device(s, "where decoding (and a fine-tuned encoder) runs")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="is model B better than model A? paired bootstrap of two evaluate --out "
+                       "reports (BLEU-4, ROUGE-L, CIDEr-D)")
+    s.add_argument("a", help="report of model A (captioner evaluate ... --out a.json)")
+    s.add_argument("b", help="report of model B on the same images")
+    s.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    s.add_argument("--seed", type=int, default=0, help="random seed of the resampling (default 0)")
+    s.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "python"],
+                   help="for BLEU-4's n-gram counts; use the one the reports were scored with (auto: ptb if Java)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("caption", help="print one caption per image file")
     s.add_argument("--model", action="append", help="model file (model.pt) or a run's Lightning checkpoint "
