@@ -10,7 +10,7 @@ from PIL import Image
 from captioner.cli import build_parser, main
 from conftest import untrained_model_file
 
-COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "caption", "serve", "export"]
+COMMANDS = ["synth", "prepare", "features", "train", "evaluate", "compare", "caption", "serve", "export"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
