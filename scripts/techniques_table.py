@@ -19,6 +19,8 @@ from pathlib import Path
 
 from flickr8k_table import DATA, METRICS, RUNS, evaluate, train
 
+from captioner.metrics.bootstrap import compare
+
 BASE = "soft_lite0"
 NIC = "nic_lite0"
 # name -> (label, kind, settings[, base config]): kind "base" = the base's own score (from the main table's
@@ -131,14 +133,22 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
     return evaluate(data, runs / BASE, sets=settings, report=runs / f"tech_{name}_val_beam5.json")
 
 
+def delta_cider(report: dict, base_path: Path) -> str:
+    """Change in CIDEr-D against the baseline's report, with its 95 % paired-bootstrap interval over the images."""
+    if not base_path.exists():
+        return ""
+    (row,), _ = compare(json.loads(base_path.read_text()), report, metrics=("CIDEr-D",), names=(base_path, "row"))
+    return f"{100 * row['diff']:+.1f} [{100 * row['low']:+.1f}, {100 * row['high']:+.1f}]"
+
+
 def table(results: dict[str, dict], runs: Path) -> str:
-    """One line per row; Δ CIDEr-D against the cross-entropy baseline of the row's own base model."""
-    lines = ["| technique | " + " | ".join(METRICS) + " | Δ CIDEr-D |", "|---" * (len(METRICS) + 2) + "|"]
+    """One line per row; Δ CIDEr-D against the cross-entropy baseline of the row's own base model, with the
+    95 % interval of a paired bootstrap over the val images (`captioner compare`)."""
+    lines = ["| technique | " + " | ".join(METRICS) + " | Δ CIDEr-D [95 %] |", "|---" * (len(METRICS) + 2) + "|"]
     for name, report in results.items():
         m = report["metrics"]
         base_report = runs / base_of(name) / "val_beam5.json"
-        base = json.loads(base_report.read_text())["metrics"] if base_report.exists() else None
-        delta = f"{100 * (m['CIDEr-D'] - base['CIDEr-D']):+.1f}" if base and ROWS[name][1] != "base" else ""
+        delta = delta_cider(report, base_report) if ROWS[name][1] != "base" else ""
         lines.append(f"| {ROWS[name][0]} | " + " | ".join(f"{100 * m[k]:.1f}" if k in m else "–" for k in METRICS)
                      + f" | {delta} |")
     return "\n".join(lines)

@@ -23,7 +23,8 @@ from captioner.errors import file_error
 
 ORDER = 4  # BLEU-4
 TINY, SMALL = 1e-15, 1e-9  # pycocoevalcap's guards against a zero count / zero length
-MEAN_METRICS = ("CIDEr-D", "ROUGE-L")
+MEAN_METRICS = ("CIDEr-D", "ROUGE-L")  # coco-caption: the mean of per-image scores
+METRICS = ("BLEU-4", *MEAN_METRICS)
 
 
 def bleu_counts(candidate: str, references: list[str]) -> np.ndarray:
@@ -64,49 +65,65 @@ def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, statistic: Callable
             "p_not_better": float((diffs <= 0).mean())}
 
 
-def load_report(path: str | Path) -> dict[str, dict]:
-    """``{image: {"caption", "references", "scores"}}`` from a ``captioner evaluate --out`` file."""
+def load_report(path: str | Path) -> dict:
+    """A ``captioner evaluate --out`` file, checked to hold per-image captions, references and scores."""
     path = Path(path)
     try:
         report = json.loads(path.read_text())
+    except OSError as e:
+        raise file_error(path, f"cannot read it ({e.strerror or e})") from None
+    except ValueError as e:
+        raise file_error(path, f"not an evaluation report of `captioner evaluate --out` ({e})") from None
+    entries_of(report, path)
+    return report
+
+
+def entries_of(report: dict, source: str | Path) -> dict[str, dict]:
+    """``{image: {"caption", "references", "scores"}}`` of a report; ``source`` names it in errors."""
+    try:
         entries = {c["image"]: c for c in report["captions"]}
         for c in entries.values():
             if not {"caption", "references", "scores"} <= c.keys():
                 raise KeyError(f"{c['image']} has no caption, references or scores")
-    except OSError as e:
-        raise file_error(path, f"cannot read it ({e.strerror or e})") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise file_error(path, f"not an evaluation report of `captioner evaluate --out` ({type(e).__name__}: "
+    except (KeyError, TypeError) as e:
+        raise file_error(source, f"not an evaluation report of `captioner evaluate --out` ({type(e).__name__}: "
                          f"{str(e)[:80]})") from None
     if not entries:
-        raise file_error(path, "the report has no captioned images")
+        raise file_error(source, "the report has no captioned images")
     return entries
 
 
 def compare_reports(path_a: str | Path, path_b: str | Path, resamples: int = 1000, seed: int = 0,
-                    tokenizer: str = "auto") -> tuple[list[dict], int]:
-    """Paired bootstrap of BLEU-4, ROUGE-L and CIDEr-D between two reports on the same images.
+                    tokenizer: str = "auto", metrics: tuple[str, ...] = METRICS) -> tuple[list[dict], int]:
+    """Paired bootstrap of ``metrics`` between two report files on the same images.
     Returns (one row per metric, the number of images)."""
-    from captioner.metrics.coco import tokenize_corpus
+    return compare(load_report(path_a), load_report(path_b), resamples, seed, tokenizer, metrics,
+                   names=(path_a, path_b))
 
-    a, b = load_report(path_a), load_report(path_b)
+
+def compare(report_a: dict, report_b: dict, resamples: int = 1000, seed: int = 0, tokenizer: str = "auto",
+            metrics: tuple[str, ...] = METRICS, names=("A", "B")) -> tuple[list[dict], int]:
+    """:func:`compare_reports` on reports already read (``names`` name them in errors)."""
+    a, b = entries_of(report_a, names[0]), entries_of(report_b, names[1])
     if set(a) != set(b):
         only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))
-        raise file_error(path_b, f"scores other images than {path_a} ({only_a} only there, {only_b} only here): "
-                         "evaluate both models on the same split and --limit")
+        raise file_error(names[1], f"scores other images than {names[0]} ({only_a} only there, {only_b} only "
+                         "here): evaluate both models on the same split and --limit")
     keys = sorted(a)
-    for path, entries in ((path_a, a), (path_b, b)):
-        if any(entries[k]["references"] != a[k]["references"] for k in keys):
-            raise file_error(path, "its references differ from the other report's: not the same dataset")
-    refs = tokenize_corpus({k: a[k]["references"] for k in keys}, tokenizer)
+    if any(b[k]["references"] != a[k]["references"] for k in keys):
+        raise file_error(names[1], f"its references differ from {names[0]}'s: not the same dataset")
     rows = []
-    counts = []
-    for entries in (a, b):
-        caps = tokenize_corpus({k: [entries[k]["caption"]] for k in keys}, tokenizer)
-        counts.append(np.stack([bleu_counts(caps[k][0], refs[k]) for k in keys]))  # [images, 10]
-    rows.append({"metric": "BLEU-4", **paired_bootstrap(*counts, bleu4_from_counts, resamples, seed)})
+    if "BLEU-4" in metrics:
+        from captioner.metrics.coco import tokenize_corpus
+
+        refs = tokenize_corpus({k: a[k]["references"] for k in keys}, tokenizer)
+        counts = []
+        for entries in (a, b):
+            caps = tokenize_corpus({k: [entries[k]["caption"]] for k in keys}, tokenizer)
+            counts.append(np.stack([bleu_counts(caps[k][0], refs[k]) for k in keys]))  # [images, 10]
+        rows.append({"metric": "BLEU-4", **paired_bootstrap(*counts, bleu4_from_counts, resamples, seed)})
     m = len(keys)
-    for metric in MEAN_METRICS:
+    for metric in (x for x in MEAN_METRICS if x in metrics):
         if not all(metric in a[k]["scores"] and metric in b[k]["scores"] for k in keys):
             continue  # a report scored without this metric
         per = [np.array([[e[k]["scores"][metric]] for k in keys], dtype=np.float64) for e in (a, b)]  # [images, 1]
