@@ -8,7 +8,7 @@ whole split). BLEU-4 is a corpus statistic: each image contributes its n-gram co
 is recomputed from their sums as pycocoevalcap does. METEOR is left out: its corpus score is the Java scorer's
 aggregate, not a function of per-image values.
 
->>> rows = compare_reports("runs/a/val.json", "runs/b/val.json")   # [{"metric", "a", "b", "diff", "low", ...}]
+>>> rows, images = compare_reports("a.json", "b.json")   # rows: [{"metric", "a", "b", "diff", "low", ...}]
 """
 
 from __future__ import annotations
