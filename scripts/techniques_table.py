@@ -43,6 +43,7 @@ ROWS = {
                       ("train.max_epochs=2", "model.dropout=0.3")),
     "scst_g14": ("SCST as above, 1 epoch, from the 14×14 recipe check's last epoch (its CIDEr-D-best)", "scst",
                  ("train.max_epochs=1", "encoder.input_size=448", "encoder.grid_size=14")),
+    "scst_smooth": ("SCST as above, 1 epoch, from the label-smoothing row's model", "scst", ("train.max_epochs=1",)),
     "block3": ("decoding: trigram blocking", "decode", ("decode.block_ngram=3",)),
     "lp1": ("decoding: length penalty 1.0", "decode", ("decode.length_penalty=1.0",)),
     "best": ("best recipe: SCST + length penalty 1.0 + trigram blocking (the shipped model)", "decode_scst",
@@ -51,6 +52,8 @@ ROWS = {
                       ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "best_g14": ("SCST from the 14×14 grid's last epoch + length penalty 1.0 + trigram blocking", "decode_scst",
                  ("decode.length_penalty=1.0", "decode.block_ngram=3")),
+    "best_smooth": ("SCST from label smoothing + length penalty 1.0 + trigram blocking", "decode_scst",
+                    ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     # (the hard member: the run with the whole-caption REINFORCE reward, the hard row when these were measured)
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble",
@@ -74,8 +77,9 @@ ROWS = {
 }
 # Where the SCST rows start (a model file under the runs folder; default: the baseline's model.pt), and which
 # SCST row a "decode_scst" row scores (default: "scst").
-SCST_FROM = {"scst_dropout3": "tech_dropout3/model.pt", "scst_g14": "soft_lite0_g14/checkpoints/last.ckpt"}
-SCST_ROW = {"best_dropout3": "scst_dropout3", "best_g14": "scst_g14"}
+SCST_FROM = {"scst_dropout3": "tech_dropout3/model.pt", "scst_g14": "soft_lite0_g14/checkpoints/last.ckpt",
+             "scst_smooth": "tech_smooth/model.pt"}
+SCST_ROW = {"best_dropout3": "scst_dropout3", "best_g14": "scst_g14", "best_smooth": "scst_smooth"}
 
 
 def scst_start(name: str, runs: Path) -> Path:
