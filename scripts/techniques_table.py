@@ -25,7 +25,8 @@ BASE = "soft_lite0"
 NIC = "nic_lite0"
 # name -> (label, kind, settings[, base config]): kind "base" = the base's own score (from the main table's
 # run), "train" = a new run of the base config with these settings,
-# "scst" = SCST from the baseline's model, "decode" = the baseline re-scored with these decoding settings,
+# "scst" = SCST from the baseline's model, "decode" = the baseline (or the run DECODE_FROM names) re-scored
+# with these decoding settings,
 # "decode_scst" = the SCST row's model scored with these decoding settings,
 # "ensemble" = these runs' models decoded together ("ensemble_decode": with the best recipe's decoding).
 # The base is soft_lite0 unless a fourth item names another: the training techniques are also measured on NIC,
@@ -54,6 +55,8 @@ ROWS = {
                  ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "best_smooth": ("SCST from label smoothing + length penalty 1.0 + trigram blocking", "decode_scst",
                     ("decode.length_penalty=1.0", "decode.block_ngram=3")),
+    "smooth_decode": ("label smoothing 0.1 + length penalty 1.0 + trigram blocking (no SCST)", "decode",
+                      ("decode.length_penalty=1.0", "decode.block_ngram=3")),
     "ensemble2": ("ensemble: soft + NIC (EfficientNet-Lite0)", "ensemble", ("soft_lite0", "nic_lite0")),
     # (the hard member: the run with the whole-caption REINFORCE reward, the hard row when these were measured)
     "ensemble": ("ensemble: soft + hard + NIC (EfficientNet-Lite0)", "ensemble",
@@ -80,6 +83,12 @@ ROWS = {
 SCST_FROM = {"scst_dropout3": "tech_dropout3/model.pt", "scst_g14": "soft_lite0_g14/checkpoints/last.ckpt",
              "scst_smooth": "tech_smooth/model.pt"}
 SCST_ROW = {"best_dropout3": "scst_dropout3", "best_g14": "scst_g14", "best_smooth": "scst_smooth"}
+# Which run a "decode" row re-scores (default: the baseline's), and the row that trains it.
+DECODE_FROM = {"smooth_decode": "smooth"}
+
+
+def decode_run(name: str, runs: Path) -> Path:
+    return runs / (f"tech_{DECODE_FROM[name]}" if name in DECODE_FROM else BASE)
 
 
 def scst_start(name: str, runs: Path) -> Path:
@@ -108,7 +117,7 @@ def plan(name: str, runs: Path) -> str:
         sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
         return "evaluate " + " ".join(f"--model {runs / r / 'model.pt'}" for r in settings) \
             + "".join(f" --set {s}" for s in sets)
-    return f"evaluate --model {runs / BASE / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
+    return f"evaluate --model {decode_run(name, runs) / 'model.pt'}" + "".join(f" --set {s}" for s in settings)
 
 
 def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
@@ -134,7 +143,9 @@ def score(name: str, data: Path, runs: Path, max_epochs: int) -> dict:
         models = tuple(runs / r / "model.pt" for r in settings)
         sets = ROWS["best"][2] if kind == "ensemble_decode" else ()
         return evaluate(data, runs / BASE, models=models, sets=sets, report=runs / f"tech_{name}_val_beam5.json")
-    return evaluate(data, runs / BASE, sets=settings, report=runs / f"tech_{name}_val_beam5.json")
+    if name in DECODE_FROM:
+        score(DECODE_FROM[name], data, runs, max_epochs)  # trains (or resumes) that row first if needed
+    return evaluate(data, decode_run(name, runs), sets=settings, report=runs / f"tech_{name}_val_beam5.json")
 
 
 def delta_cider(report: dict, base_path: Path) -> str:
