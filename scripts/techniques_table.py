@@ -71,6 +71,9 @@ ROWS = {
                      ("soft_lite0", "soft_lite0_b32", "uniform_lite0")),
     "best_ensemble3": ("best recipe, ensemble of three: SCST soft + soft at batch 32 + uniform, length penalty 1.0 "
                        "+ trigram blocking", "ensemble_decode", ("tech_scst", "soft_lite0_b32", "uniform_lite0")),
+    "best_ensemble4": ("best recipe, ensemble of four: SCST soft + label smoothing + scheduled sampling + uniform, "
+                       "length penalty 1.0 + trigram blocking", "ensemble_decode",
+                       ("tech_scst", "tech_smooth", "tech_ss", "uniform_lite0")),
     "nic_baseline": ("NIC cross-entropy baseline (EfficientNet-Lite0)", "base", (), NIC),
     "nic_smooth": ("NIC + label smoothing 0.1", "train", ("train.label_smoothing=0.1",), NIC),
     "nic_ss": ("NIC + scheduled sampling, up to 0.25 (from epoch 3, over 4 epochs)", "train",
