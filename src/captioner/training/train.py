@@ -48,14 +48,15 @@ def build_encoder(cfg: Config):
 
 
 def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None = None, progress: bool = True,
-                  device: str | None = None):
-    """Read the dataset and open (or build) its feature cache for the config's encoder.
+                  device: str | None = None, encoder=None):
+    """Read the dataset and open (or build) its feature cache for the config's encoder (``encoder``: that
+    encoder, already built).
 
     Extraction runs on ``device`` (default: the GPU when training would use one, else the CPU).
     """
     dataset = load_dataset(data)
     records = [r for r in dataset.records if r.split]
-    encoder = build_encoder(cfg)
+    encoder = encoder or build_encoder(cfg)
     device = pick_device(device or ("auto" if _on_gpu(cfg) else "cpu"))
     cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
                            progress=progress, **extraction_options(device))
@@ -99,16 +100,15 @@ def _check_gpus(cfg: Config) -> None:
                              "visible: start at most one process per GPU, or --set train.accelerator=cpu")
 
 
-def _start_model(cfg: Config):
-    """The model ``train.init_from`` names, checked against the config (same decoder type and encoder)."""
+def _start_model(cfg: Config, desc: dict):
+    """The model ``train.init_from`` names, checked against the config (same decoder type) and the run's
+    encoder (``desc``: its describe())."""
     start = load_model(cfg.train.init_from)
     if start.config.model.type != cfg.model.type or start.config.encoder.name != cfg.encoder.name:
         raise file_error(cfg.train.init_from, f"is a {start.config.model.type} model on {start.config.encoder.name} "
                          f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
     if cfg.encoder.finetune:
         raise CaptionerError("train.init_from (and SCST) with encoder.finetune is not supported")
-    with torch.random.fork_rng():  # building an encoder with random weights must not move the run's RNG
-        desc = build_encoder(cfg).describe()
     _check_start_features(start, desc, cfg.train.init_from)
     return start
 
@@ -182,17 +182,18 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     if t.scst and not t.init_from:
         raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
                              "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
-    start = _start_model(cfg) if t.init_from and not resume else None  # checked before any features are made
+    encoder = build_encoder(cfg)
+    # the start model is checked before any features are made
+    start = _start_model(cfg, encoder.describe()) if t.init_from and not resume else None
     if cfg.encoder.finetune:  # features computed in the loop from the images
         dataset = load_dataset(data)
         records = [r for r in dataset.records if r.split]
-        encoder = build_encoder(cfg)
         rows_of = {r.name: i for i, r in enumerate(records)}
         train_records = [r for r in records if r.split == "train"]
         val_records = [r for r in records if r.split == "val"]
         train_rows, val_rows = [rows_of[r.name] for r in train_records], [rows_of[r.name] for r in val_records]
     else:  # the default: encoder features from the cache
-        dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress)
+        dataset, records, encoder, cache = load_features(cfg, data, cache_root, progress, encoder=encoder)
         train_records, train_rows = split_rows(records, cache, "train")
         val_records, val_rows = split_rows(records, cache, "val")
     if not train_records or not val_records:
