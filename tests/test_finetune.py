@@ -49,3 +49,31 @@ def test_frozen_blocks_keep_their_batchnorm_statistics():
     assert trained_bn and all(m.training for m in trained_bn)
     assert all(p.requires_grad for b in blocks[-2:] for p in b.parameters())
     assert not any(p.requires_grad for b in blocks[:-2] for p in b.parameters())
+
+
+def test_max_time_stops_a_run_and_exports_its_best_epoch(tmp_path):
+    """train.max_time bounds a run's wall time (a GPU lease, a queue slot): it stops early, model.pt is written."""
+    data = make_synth(tmp_path / "synth", n_train=48, n_val=8, n_test=2, seed=2)
+    cfg = load_config("synth_soft", ["train.max_epochs=1000", "train.max_time=00:00:00:03", "train.batch_size=16"])
+    model = load_model(train(cfg, data, tmp_path / "run", cache_root=tmp_path / "cache", progress=False))
+    assert model.config.train.max_time == "00:00:00:03"
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] + 1 < 1000  # stopped by the clock, not by max_epochs
+
+
+def test_max_time_must_be_days_hours_minutes_seconds():
+    import pytest
+
+    from captioner.errors import CaptionerError
+
+    with pytest.raises(CaptionerError, match="train.max_time must be DD:HH:MM:SS"):
+        load_config("synth_soft", ["train.max_time=8 minutes"])
+
+
+def test_every_built_in_config_loads_and_the_finetune_one_trains_the_whole_encoder():
+    from captioner.config import available_configs
+
+    configs = {name: load_config(name) for name in available_configs()}  # each validates as it loads
+    ft = configs["soft_lite0_finetune"]
+    assert ft.encoder.finetune and ft.encoder.finetune_blocks is None and ft.encoder.lr < ft.train.lr
+    assert not configs["soft_lite0"].encoder.finetune

@@ -18,6 +18,9 @@ from captioner.errors import file_error
 from captioner.io import torch_save_atomic
 
 MODEL_FORMAT = "captioner-model/1"
+# the same, with the encoder's weight tensors stored in int8: a version that cannot dequantize them refuses
+# the file instead of loading integers as weights
+MODEL_FORMAT_INT8 = "captioner-model/1+int8-encoder"
 
 
 @dataclass
@@ -35,12 +38,19 @@ class CaptionModel:
         return self
 
 
-def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Path:
+def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_encoder: bool = False) -> Path:
+    """Write ``model``; ``half``: floats in float16; ``int8_encoder``: the fine-tuned encoder's convolution
+    and linear weights in int8 (one scale per output channel), about a quarter of their float32 size."""
     state = {k: v.detach().cpu() for k, v in model.decoder.state_dict().items()}
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    encoder_state, scales = _cast(model.encoder_state, half), None
+    if int8_encoder:
+        if model.encoder_state is None:
+            raise file_error(path, "int8 encoder storage needs a model that carries its encoder's weights")
+        encoder_state, scales = quantize_int8(encoder_state)
     return torch_save_atomic(path, {
-        "format": MODEL_FORMAT,
+        "format": MODEL_FORMAT_INT8 if int8_encoder else MODEL_FORMAT,
         "config": model.config.to_dict(),
         "vocab": model.vocab.to_dict(),
         "encoder": dict(model.encoder),
@@ -48,8 +58,30 @@ def save_model(path: str | Path, model: CaptionModel, half: bool = False) -> Pat
         "grid_dim": int(model.encoder["grid_dim"]),
         "metrics": dict(model.metrics),
         "state_dict": state,
-        "encoder_state_dict": _cast(model.encoder_state, half),
+        "encoder_state_dict": encoder_state,
+        **({"encoder_int8_scales": scales} if int8_encoder else {}),
     })
+
+
+def quantize_int8(state: dict) -> tuple[dict, dict]:
+    """Weight tensors of 2 or more dimensions (convolutions, linear layers) -> int8, symmetric, one float32
+    scale per output channel (dim 0); other entries (biases, batch-norm) unchanged. Returns (state, scales)."""
+    out, scales = dict(state), {}
+    for k, v in state.items():
+        if v.is_floating_point() and v.dim() >= 2:
+            w = v.float()
+            scale = w.abs().amax(dim=tuple(range(1, w.dim())), keepdim=True).clamp_min(1e-12) / 127  # [C, 1, ..]
+            out[k] = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
+            scales[k] = scale.flatten()  # [C]
+    return out, scales
+
+
+def dequantize_int8(state: dict, scales: dict) -> dict:
+    out = dict(state)
+    for k, scale in scales.items():
+        q = state[k]
+        out[k] = q.float() * scale.float().view(-1, *([1] * (q.dim() - 1)))
+    return out
 
 
 def _cast(state: dict | None, half: bool) -> dict | None:
@@ -88,10 +120,12 @@ def load_model(path: str | Path) -> CaptionModel:
     """Load a model file written by :func:`save_model`, or a Lightning checkpoint of a training run."""
     path = Path(path)
     obj = _read(path)
-    if obj.get("format") == MODEL_FORMAT:
+    if obj.get("format") in (MODEL_FORMAT, MODEL_FORMAT_INT8):
         hp, state = obj, obj["state_dict"]
         metrics = obj.get("metrics", {})
         encoder_state = obj.get("encoder_state_dict")
+        if obj["format"] == MODEL_FORMAT_INT8:
+            encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
     elif "hyper_parameters" in obj and "state_dict" in obj:  # Lightning checkpoint (best.ckpt / last.ckpt)
         hp = obj["hyper_parameters"]
         state = {k.removeprefix("decoder."): v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, file_error
 
 log = logging.getLogger("captioner")
 
@@ -206,8 +206,16 @@ def cmd_export(args) -> None:
     model = load_model(args.model)
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model.config = with_decode_settings(model.config, args.set)
-    out = save_model(args.out, model, half=args.half)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{', float16' if args.half else ''})")
+    if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
+        from captioner.inference import model_encoder
+
+        model.encoder_state = {k: v.detach().cpu() for k, v in model_encoder(model).state_dict().items()}
+    if args.int8_encoder and model.encoder_state is None:
+        raise file_error(args.model, "--int8-encoder: the model carries no encoder weights "
+                         "(fine-tuned, or add --embed-encoder)")
+    out = save_model(args.out, model, half=args.half, int8_encoder=args.int8_encoder)
+    kinds = [k for k, on in (("float16", args.half), ("int8 encoder", args.int8_encoder)) if on]
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{''.join(', ' + k for k in kinds)})")
 
 
 def add_decode_set(s) -> None:
@@ -322,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", help="model file (model.pt) or a run's Lightning checkpoint")
     s.add_argument("out", help="model file to write")
     s.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
+    s.add_argument("--embed-encoder", action="store_true",
+                   help="store the encoder's weights in the file (a model trained on a local weights file's "
+                        "features then needs no such file to run)")
+    s.add_argument("--int8-encoder", action="store_true",
+                   help="store the encoder's weight tensors in int8, one scale per output channel (models that "
+                        "carry their encoder: fine-tuned, or with --embed-encoder)")
     add_decode_set(s)
     s.set_defaults(func=cmd_export)
     return p

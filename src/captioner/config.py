@@ -5,6 +5,7 @@ to whatever needs it (no global config), stored inside every checkpoint, and wri
 """
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,7 @@ class TrainConfig:
     lr: float = 4.0e-4
     weight_decay: float = 0.0
     max_epochs: int = 20
+    max_time: str | None = None  # wall-clock limit on fitting, "DD:HH:MM:SS"; the best epoch so far is exported
     grad_clip: float = 5.0
     lr_factor: float = 0.8  # multiply the LR by this when the monitored metric stalls
     lr_patience: int = 2
@@ -177,6 +179,9 @@ class Config:
         if self.train.scst_baseline not in ("greedy", "mean") or (
                 self.train.scst_baseline == "mean" and self.train.scst_samples < 2):
             raise file_error(source, "train.scst_baseline must be greedy, or mean with scst_samples >= 2")
+        if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):
+            raise file_error(source, "train.max_time must be DD:HH:MM:SS (e.g. 00:08:00:00), "
+                             f"not {self.train.max_time!r}")
         if not 0 <= self.train.label_smoothing < 1 or not 0 <= self.train.ss_max <= 1:
             raise file_error(source, "train.label_smoothing must be in [0, 1) and train.ss_max in [0, 1]")
 

@@ -120,18 +120,15 @@ def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
     return out
 
 
-def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
-             cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
-             metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
-             progress: bool = True, report_dir: str | Path | None = None) -> dict:
-    """Caption every image of a split from the feature cache and score it with coco-caption.
-
-    ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
-    """
+def split_features(model: CaptionModel, data: str | Path, split: str = "val", cache_root: str | Path | None = None,
+                   limit: int | None = None, progress: bool = True) -> tuple[list, dict[str, torch.Tensor], list[str]]:
+    """The images of a split that the model can caption, their encoder features and the names of the images
+    that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Features come from the cache, or
+    from the model's own encoder when it carries one (fine-tuned: its features are in no cache)."""
     from captioner.data.readers import load_dataset
     from captioner.training.train import load_features, split_rows
 
-    if model.encoder_state is not None:  # a fine-tuned encoder: its features are not in any cache
+    if model.encoder_state is not None:
         dataset = load_dataset(data)
         by_path = {r.image: r for r in dataset.records if r.split == split}
         paths = list(by_path)[:limit]
@@ -148,6 +145,18 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
         feats = {"global": global_t, "grid": grid_t}
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
+    return chosen, feats, failed
+
+
+def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
+             cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
+             metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
+             progress: bool = True, report_dir: str | Path | None = None) -> dict:
+    """Caption every image of a split from the feature cache and score it with coco-caption.
+
+    ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
+    """
+    chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress)
     hyps = decode_batches(model, feats, beam_size, max_len)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}

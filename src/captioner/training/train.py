@@ -134,9 +134,9 @@ def _backend(cfg: Config) -> str:
 
 
 def _comparable(cfg: Config) -> dict:
-    """A config as resuming compares it: everything but train.max_epochs (a run may be extended)."""
+    """A config as resuming compares it: everything but train.max_epochs and max_time (a run may be extended)."""
     d = cfg.to_dict()
-    d["train"] = {k: v for k, v in d["train"].items() if k != "max_epochs"}
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("max_epochs", "max_time")}
     return d
 
 
@@ -254,7 +254,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     devices, num_nodes = processes_per_node(t.devices)
     several = num_nodes > 1 or str(devices) not in ("auto", "1") or t.num_nodes > 1
     trainer = L.Trainer(
-        max_epochs=t.max_epochs, accelerator=t.accelerator, devices=devices, num_nodes=max(num_nodes, t.num_nodes),
+        max_epochs=t.max_epochs, max_time=t.max_time, accelerator=t.accelerator, devices=devices,
+        num_nodes=max(num_nodes, t.num_nodes),
         strategy=DDPStrategy(process_group_backend=_backend(cfg)) if several else "auto",
         use_distributed_sampler=False,  # our batch sampler gives each process its part of every batch
         precision=_precision(cfg), plugins=[AtomicCheckpointIO()],
