@@ -5,8 +5,7 @@
     python scripts/beam_study.py --set decode.length_penalty=1.0   # with other decoding settings
 
 Features come from the cache, or from the model's own encoder if it carries one (as in `captioner
-evaluate`); the time is the beam search alone, all val
-images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.
+evaluate`); the time is the beam search alone, all val images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.
 """
 
 import argparse

@@ -4,7 +4,8 @@
 #   frozen   the encoder frozen (control: same images, same clock, features computed in the loop too)
 #   full     every encoder block trained, encoder LR 1e-4 (config soft_lite0_finetune)
 #   full_ls  as full, with label smoothing 0.1
-# Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [--set KEY=VALUE ...]    (MAX_TIME: DD:HH:MM:SS)
+# Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
+#        extra setting goes to every run as --set, e.g. train.deterministic=false)
 # Environment: PYTHON (default python3), RUNS (default "frozen full full_ls").
 set -euo pipefail
 DATA=$1 OUT=$2 MAX_TIME=$3

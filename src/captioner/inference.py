@@ -152,7 +152,7 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
              cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
              metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
              progress: bool = True, report_dir: str | Path | None = None) -> dict:
-    """Caption every image of a split from the feature cache and score it with coco-caption.
+    """Caption every image of a split (features: :func:`split_features`) and score it with coco-caption.
 
     ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
     """
