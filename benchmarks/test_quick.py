@@ -13,7 +13,7 @@ import pytest
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "beam.py", "extract.py", "evaluate.py",
+@pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "beam.py", "extract.py", "evaluate.py", "caption.py",
                                     "load_server.py"])
 def test_quick_mode_runs(script):
     run = subprocess.run([sys.executable, str(HERE / script), "--quick"], cwd=HERE, capture_output=True,

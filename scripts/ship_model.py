@@ -4,9 +4,11 @@
     python scripts/ship_model.py RUN --checkpoint best.ckpt    # a run still training: its best epoch so far
     python scripts/ship_model.py RUN --set decode.length_penalty=1.0   # decoding defaults shipped with it
     python scripts/ship_model.py RUN --embed-encoder --int8-encoder    # a fine-tuned encoder, in the file
+    python scripts/ship_model.py RUN_A RUN_B --int8-decoder             # an ensemble of two runs, one file
+    python scripts/ship_model.py RUN --history "how it came to be"      # a paragraph for the model card
 
 Writes src/captioner/pretrained/model.pt (float16, must stay <= 25 MB) and MODEL.md next to it: what the
-model is, how it was trained, its Flickr8k val scores at beam 5 (scored from the shipped fp16 file) and
+model is, how it was trained, its Flickr8k val scores at beam 5 (scored from the shipped file) and
 its captions of the sample photos.
 """
 
@@ -34,45 +36,66 @@ def captioner(*args: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="a training run folder")
-    p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt")
+    p.add_argument("runs", type=Path, nargs="+", help="a training run folder (several: an ensemble of them)")
+    p.add_argument("--checkpoint", help="a file in RUN/checkpoints/ instead of RUN/model.pt (one run only)")
     p.add_argument("--data", type=Path, default=DATA)
     add_decode_set(p)  # decoding defaults stored in the shipped model
     p.add_argument("--embed-encoder", action="store_true",
                    help="store the encoder's weights in the file (a run trained on a local weights file's features)")
     p.add_argument("--int8-encoder", action="store_true", help="the encoder's weight tensors in int8")
+    p.add_argument("--int8-decoder", action="store_true", help="the decoders' weight matrices in int8")
+    p.add_argument("--history", default="", help="how the model came to be: a paragraph for the model card")
     args = p.parse_args()
-    source = args.run / "checkpoints" / args.checkpoint if args.checkpoint else args.run / "model.pt"
+    if args.checkpoint and len(args.runs) > 1:
+        p.error("--checkpoint picks one run's checkpoint; ship an ensemble from the runs' model.pt files")
+    sources = [run / "checkpoints" / args.checkpoint if args.checkpoint else run / "model.pt" for run in args.runs]
     PRETRAINED.mkdir(exist_ok=True)
     target = PRETRAINED / "model.pt"
-    flags = [f for f, on in (("--embed-encoder", args.embed_encoder), ("--int8-encoder", args.int8_encoder)) if on]
-    captioner("export", str(source), str(target), "--half", *flags, *(f"--set={s}" for s in args.set))
+    flags = [f for f, on in (("--embed-encoder", args.embed_encoder), ("--int8-encoder", args.int8_encoder),
+                             ("--int8-decoder", args.int8_decoder)) if on]
+    captioner("export", *map(str, sources), str(target), "--half", *flags, *(f"--set={s}" for s in args.set))
     size_mb = target.stat().st_size / 1e6
     if size_mb > LIMIT_MB:
         target.unlink()
-        sys.exit(f"{source}: {size_mb:.1f} MB in fp16, over the {LIMIT_MB} MB limit; not shipped")
+        sys.exit(f"{' + '.join(map(str, sources))}: {size_mb:.1f} MB in fp16, over the {LIMIT_MB} MB limit; "
+                 "not shipped")
 
-    report_file = args.run / "shipped_val_beam5.json"
+    report_file = args.runs[0] / ("shipped_val_beam5.json" if len(args.runs) == 1 else "shipped_ensemble_val_beam5.json")
     captioner("evaluate", "--model", str(target), "--data", str(args.data), "--split", "val", "--beam-size", "5",
               "--out", str(report_file), "--no-progress")
     metrics = json.loads(report_file.read_text())["metrics"]
     photos = sorted(SAMPLES.glob("*.jpg"))
     captions = captioner("caption", "--model", str(target), *map(str, photos))
-    config = (args.run / "config.yaml").read_text()
-    epochs = _epochs(args.run)
+    configs = [(run / "config.yaml").read_text() for run in args.runs]
+    storage = "float16" + "".join(f", {part} weights in int8" for part, on in (
+        ("encoder", args.int8_encoder), ("decoder", args.int8_decoder)) if on)
+    what = [f"{_first_line(c, carried=args.embed_encoder)}; model selection on decoded val {_monitor(c)}; "
+            f"{_epochs(run)}; run `{run}`, from `{source.name}`"
+            for run, c, source in zip(args.runs, configs, sources, strict=True)]
+    if len(what) == 1:
+        summary = f"- **What**: {what[0]}."
+    else:  # one beam search over the members' averaged word probabilities
+        summary = (f"- **What**: an ensemble of {len(what)} decoders sharing one encoder and one beam search (their "
+                   "word probabilities averaged at each step):\n" + "\n".join(f"  {i + 1}. {w}." for i, w in
+                                                                          enumerate(what)))
+    history = f"\n- **History**: {args.history}" if args.history else ""
+    command = " ".join(["python scripts/ship_model.py", *map(str, args.runs),
+                        *(["--checkpoint", args.checkpoint] if args.checkpoint else []), *flags,
+                        *(f"--set {s}" for s in args.set)]) + (" --history ..." if args.history else "")
+    config_blocks = "\n\n".join(f"```yaml\n# {run}/config.yaml\n{c.strip()}\n```" for run, c in
+                                 zip(args.runs, configs, strict=True))
 
     card = f"""# The model shipped with captioner
 
 `model.pt` here is what `captioner caption photo.jpg` uses when no `--model` is given.
 
-- **What**: {_first_line(config, carried=bool(flags))}
-- **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`,
-  model selection on decoded val {_monitor(config)}; {epochs}.
-- **Run**: `{args.run}`; shipped from `{source.name}`, stored in float16{', encoder weights in int8' if args.int8_encoder else ''} ({size_mb:.1f} MB).
-- **Shipped with**: `python scripts/ship_model.py {args.run}{' --checkpoint ' + args.checkpoint if args.checkpoint else ''}{''.join(' ' + f for f in flags)}{''.join(' --set ' + s for s in args.set)}`
+{summary}
+- **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`.{history}
+- **Stored**: {storage} ({size_mb:.1f} MB).
+- **Shipped with**: `{command}`
   on {time.strftime('%Y-%m-%d')}, on the project's 2-core CPU machine.
 
-## Flickr8k val, beam 5 (this fp16 file; pycocoevalcap, scores ×100)
+## Flickr8k val, beam 5 (this file; pycocoevalcap, scores ×100)
 
 | {' | '.join(metrics)} |
 |{'---|' * len(metrics)}
@@ -85,11 +108,9 @@ $ captioner caption {' '.join(p.name for p in photos)}
 {captions.strip().replace(str(SAMPLES) + '/', '')}
 ```
 
-## Config
+## Config{'s' if len(configs) > 1 else ''} (as trained; decoding defaults stored in the file: {', '.join(args.set) or 'none'})
 
-```yaml
-{config.strip()}
-```
+{config_blocks}
 """
     (PRETRAINED / "MODEL.md").write_text(card)
     print(card)

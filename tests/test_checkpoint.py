@@ -103,3 +103,58 @@ def test_int8_weights_are_within_half_a_step_of_the_originals():
     for k in scales:  # one scale per output channel: small channels keep their precision
         step = scales[k].view(-1, *([1] * (state[k].dim() - 1)))
         assert bool(((back[k] - state[k]).abs() <= step / 2 + 1e-7).all()), k
+
+
+def _ensemble(tmp_path) -> CaptionModel:
+    from captioner.checkpoint import load_models
+
+    torch.manual_seed(1)
+    a, b = save_model(tmp_path / "a.pt", _model("soft")), save_model(tmp_path / "b.pt", _model("nic"))
+    return load_models([a, b])
+
+
+def test_an_ensemble_is_written_as_one_file_and_decodes_the_same(tmp_path):
+    from captioner.checkpoint import MODEL_FORMAT_2, load_models
+    from captioner.decoders.ensemble import EnsembleDecoder
+
+    ensemble = _ensemble(tmp_path)
+    path = save_model(tmp_path / "ens.pt", ensemble)
+    assert torch.load(path, weights_only=True)["format"] == MODEL_FORMAT_2  # an older captioner refuses it
+    loaded = load_model(path)
+    assert isinstance(loaded.decoder, EnsembleDecoder) and len(loaded.decoder.members) == 2
+    assert [c.model.type for c in loaded.member_configs] == ["soft", "nic"]
+    assert loaded.kind == "ensemble of 2: soft + nic" and load_model(tmp_path / "a.pt").kind == "soft"
+    assert _captions(loaded) == _captions(ensemble)
+    # joined with one more model file, the ensemble file's members join one by one
+    three = load_models([path, tmp_path / "a.pt"])
+    assert len(three.decoder.members) == 3 and len(three.member_configs) == 3
+
+
+def test_int8_decoders_give_nearly_the_same_word_probabilities(tmp_path):
+    ensemble = _ensemble(tmp_path)
+    full = save_model(tmp_path / "ens.pt", ensemble)
+    small = save_model(tmp_path / "ens_int8.pt", ensemble, half=True, int8_decoder=True)
+    assert small.stat().st_size < 0.5 * full.stat().st_size
+    stored = torch.load(small, weights_only=True)["decoders"][0]["state_dict"]
+    assert stored["fc.weight"].dtype == torch.int8
+    loaded = load_model(small)
+    feats = random_feats(4)
+    with torch.no_grad():
+        want = _first_step(ensemble.decoder, feats)
+        got = _first_step(loaded.decoder, feats)
+    torch.testing.assert_close(got.exp(), want.exp(), atol=0.01, rtol=0)
+
+
+def _first_step(decoder, feats):
+    ctx = decoder.encode(feats)
+    prev = torch.ones(feats["global"].shape[0], dtype=torch.long)  # [B], the start word
+    return decoder.step(ctx, decoder.init_state(ctx), prev)[0]  # [B, V] log-probabilities
+
+
+def test_a_newer_format_is_refused_with_a_clear_message(tmp_path):
+    path = save_model(tmp_path / "model.pt", _model("soft"))
+    obj = torch.load(path, weights_only=True)
+    obj["format"] = "captioner-model/99"
+    torch.save(obj, path)
+    with pytest.raises(CaptionerError, match="newer model format"):
+        load_model(path)

@@ -199,3 +199,19 @@ def test_export_embeds_a_local_weights_encoder_and_stores_it_in_int8(model_file,
     torch.testing.assert_close(exact, want)
     torch.testing.assert_close(int8, want, atol=0.05 * float(want.abs().max()), rtol=0.05)
     assert (tmp_path / "int8.pt").stat().st_size < (tmp_path / "f32.pt").stat().st_size
+
+
+def test_export_writes_an_ensemble_as_one_file_that_captions_like_the_two(model_file, tmp_path, capsys):
+    """`export A B OUT`: one file with both decoders (here int8), captioning as `--model A --model B` does."""
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (80, 50), (200, 30, 20)).save(image)
+    ens = tmp_path / "ens.pt"
+    main(["export", str(model_file), str(model_file), str(ens), "--int8-decoder"])
+    assert "2 decoders" in capsys.readouterr().out
+    main(["caption", "--model", str(model_file), "--model", str(model_file), str(image)])
+    from_two = capsys.readouterr().out
+    main(["caption", "--model", str(ens), str(image)])
+    assert capsys.readouterr().out == from_two and from_two.strip()
+    with pytest.raises(SystemExit) as exit_info:  # nothing to read
+        main(["export", str(ens)])
+    assert exit_info.value.code == 2 and "needs a model file" in capsys.readouterr().err

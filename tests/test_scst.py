@@ -104,3 +104,31 @@ def test_init_from_must_match_the_features(tmp_path, config, overrides, problem)
         train(cfg, data, tmp_path / "run", tmp_path / "cache", progress=False)
     assert str(e.value).startswith(f"{start}: ") and problem in str(e.value)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()
+
+
+def test_init_from_an_ensemble_file_is_refused(tmp_path):
+    from captioner.checkpoint import load_models, save_model
+
+    start = untrained_model_file(tmp_path / "start.pt")
+    both = save_model(tmp_path / "both.pt", load_models([start, start]))
+    data = make_synth(tmp_path / "synth", n_train=8, n_val=4, n_test=0, size=32)
+    with pytest.raises(CaptionerError, match="holds an ensemble of 2 decoders"):
+        train(load_config("synth_soft", [f"train.init_from={both}"]), data, tmp_path / "run", tmp_path / "cache",
+              progress=False)
+
+
+def test_init_from_a_model_on_other_encoder_weights_is_warned(tmp_path, caplog):
+    """Same encoder, other weights (or its own fine-tuned ones): allowed, since that can be intended, but said."""
+    from captioner.training.train import _check_start_features
+
+    start = load_model(untrained_model_file(tmp_path / "start.pt"))
+    ours = dict(start.encoder)
+    with caplog.at_level("WARNING", logger="captioner"):
+        _check_start_features(start, ours, "start.pt")
+        assert not caplog.records
+        _check_start_features(start, {**ours, "weights": "tuned.pth"}, "start.pt")
+        start.encoder_state = {"stem.weight": torch.zeros(1)}
+        _check_start_features(start, ours, "start.pt")
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        f"start.pt: its decoder learned on features of encoder weights {ours['weights']}",
+        "start.pt: its decoder learned on features of the encoder weights it carries"]

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from captioner.checkpoint import load_models, save_model
 from captioner.errors import CaptionerError
 from captioner.serve.app import create_app
 from conftest import untrained_model_file
@@ -21,6 +22,7 @@ def png(size=(120, 80), mode="RGB", colour=None) -> bytes:
 def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("soft", "hard", "nic")}
+    models["pair"] = save_model(root / "pair.pt", load_models([models["soft"], models["nic"]]))  # one file
     with TestClient(create_app(models, max_upload_mb=0.5, max_pixels=4_000_000)) as c:
         yield c
 
@@ -55,6 +57,14 @@ def test_caption_an_upload_with_each_model(client, kind):
     assert (body["locations"] is not None) == (kind == "hard")
     if kind == "hard":
         assert len(body["locations"]) == len(body["tokens"])
+
+
+def test_an_ensemble_file_is_one_model_of_the_demo(client):
+    r = caption(client, files={"file": ("photo.png", png(), "image/png")}, model="pair", beam_size=2)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_type"] == "ensemble of 2: soft + nic" and body["tokens"]
+    assert len(body["attention"]) == len(body["tokens"])  # the attention member's map
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16", "CMYK"])

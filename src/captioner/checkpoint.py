@@ -17,10 +17,12 @@ from captioner.decoders import Decoder, build_decoder
 from captioner.errors import file_error
 from captioner.io import torch_save_atomic
 
-MODEL_FORMAT = "captioner-model/1"
-# the same, with the encoder's weight tensors stored in int8: a version that cannot dequantize them refuses
-# the file instead of loading integers as weights
+MODEL_FORMAT = "captioner-model/1"  # one decoder, float weights
+# read only: /1 with the encoder's weight tensors in int8 (written until 2026-11-27)
 MODEL_FORMAT_INT8 = "captioner-model/1+int8-encoder"
+# several decoders (a test-time ensemble in one file) and/or weight tensors in int8: a version that cannot
+# read these refuses the file instead of loading integers as weights or only the first decoder
+MODEL_FORMAT_2 = "captioner-model/2"
 
 
 @dataclass
@@ -31,6 +33,15 @@ class CaptionModel:
     encoder: dict  # the encoder's describe(): name, weights, input_size, grid_size, dims
     metrics: dict = field(default_factory=dict)
     encoder_state: dict | None = None  # fine-tuned encoder weights (None: the encoder's own weights)
+    # an ensemble's members' own configs, in the order of decoder.members (empty: a single decoder, whose
+    # config is ``config``); ``config`` then holds the decoding settings of the whole
+    member_configs: list[Config] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        """What decodes, for people: "soft", or "ensemble of 2: soft + nic"."""
+        types = [c.model.type for c in self.member_configs]
+        return f"ensemble of {len(types)}: {' + '.join(types)}" if types else self.config.model.type
 
     def to(self, device: str | torch.device) -> "CaptionModel":
         """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""
@@ -38,29 +49,38 @@ class CaptionModel:
         return self
 
 
-def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_encoder: bool = False) -> Path:
-    """Write ``model``; ``half``: floats in float16; ``int8_encoder``: the fine-tuned encoder's convolution
-    and linear weights in int8 (one scale per output channel), about a quarter of their float32 size."""
-    state = {k: v.detach().cpu() for k, v in model.decoder.state_dict().items()}
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-    encoder_state, scales = _cast(model.encoder_state, half), None
+def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_encoder: bool = False,
+               int8_decoder: bool = False) -> Path:
+    """Write ``model``; ``half``: floats in float16; ``int8_encoder`` / ``int8_decoder``: the carried encoder's
+    or the decoder's weight matrices and convolutions in int8 (one scale per output channel), about a quarter
+    of their float32 size. An ensemble (:func:`load_models`) is written as one file with all its decoders."""
+    if int8_encoder and model.encoder_state is None:
+        raise file_error(path, "int8 encoder storage needs a model that carries its encoder's weights")
+    members = list(model.decoder.members) if model.member_configs else [model.decoder]
+    configs = model.member_configs or [model.config]
+    decoders = []
+    for decoder, config in zip(members, configs, strict=True):
+        state, scales = _cast({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, half), None
+        if int8_decoder:
+            state, scales = quantize_int8(state)
+        decoders.append({"config": config.to_dict(), "state_dict": state,
+                         **({"int8_scales": scales} if scales else {})})
+    encoder_state, encoder_scales = _cast(model.encoder_state, half), None
     if int8_encoder:
-        if model.encoder_state is None:
-            raise file_error(path, "int8 encoder storage needs a model that carries its encoder's weights")
-        encoder_state, scales = quantize_int8(encoder_state)
-    return torch_save_atomic(path, {
-        "format": MODEL_FORMAT_INT8 if int8_encoder else MODEL_FORMAT,
+        encoder_state, encoder_scales = quantize_int8(encoder_state)
+    common = {
         "config": model.config.to_dict(),
         "vocab": model.vocab.to_dict(),
         "encoder": dict(model.encoder),
         "global_dim": int(model.encoder["global_dim"]),
         "grid_dim": int(model.encoder["grid_dim"]),
         "metrics": dict(model.metrics),
-        "state_dict": state,
         "encoder_state_dict": encoder_state,
-        **({"encoder_int8_scales": scales} if int8_encoder else {}),
-    })
+        **({"encoder_int8_scales": encoder_scales} if int8_encoder else {}),
+    }
+    if len(decoders) == 1 and not (int8_encoder or int8_decoder):  # the plain layout every version reads
+        return torch_save_atomic(path, {"format": MODEL_FORMAT, **common, "state_dict": decoders[0]["state_dict"]})
+    return torch_save_atomic(path, {"format": MODEL_FORMAT_2, **common, "decoders": decoders})
 
 
 def quantize_int8(state: dict) -> tuple[dict, dict]:
@@ -117,18 +137,30 @@ def default_model_path() -> Path:
 
 
 def load_model(path: str | Path) -> CaptionModel:
-    """Load a model file written by :func:`save_model`, or a Lightning checkpoint of a training run."""
+    """Load a model file written by :func:`save_model` (one decoder or an ensemble's several), or a Lightning
+    checkpoint of a training run."""
     path = Path(path)
     obj = _read(path)
-    if obj.get("format") in (MODEL_FORMAT, MODEL_FORMAT_INT8):
-        hp, state = obj, obj["state_dict"]
+    fmt = obj.get("format")
+    if fmt in (MODEL_FORMAT, MODEL_FORMAT_INT8):
+        hp, entries = obj, [{"config": obj.get("config"), "state_dict": obj.get("state_dict")}]
         metrics = obj.get("metrics", {})
         encoder_state = obj.get("encoder_state_dict")
-        if obj["format"] == MODEL_FORMAT_INT8:
+        if fmt == MODEL_FORMAT_INT8:
             encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
+    elif fmt == MODEL_FORMAT_2:
+        hp, entries, metrics = obj, obj.get("decoders") or [], obj.get("metrics", {})
+        encoder_state = obj.get("encoder_state_dict")
+        if "encoder_int8_scales" in obj:
+            encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
+        if not entries:
+            raise file_error(path, "model file holds no decoder")
+    elif isinstance(fmt, str) and fmt.startswith("captioner-model/"):
+        raise file_error(path, f"written in a newer model format ({fmt}) than this captioner reads; upgrade it")
     elif "hyper_parameters" in obj and "state_dict" in obj:  # Lightning checkpoint (best.ckpt / last.ckpt)
         hp = obj["hyper_parameters"]
-        state = {k.removeprefix("decoder."): v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}
+        entries = [{"config": hp.get("config"), "state_dict": {
+            k.removeprefix("decoder."): v for k, v in obj["state_dict"].items() if k.startswith("decoder.")}}]
         encoder_state = {k.removeprefix("encoder."): v for k, v in obj["state_dict"].items()
                          if k.startswith("encoder.")} or None
         metrics = {}
@@ -137,23 +169,36 @@ def load_model(path: str | Path) -> CaptionModel:
     try:
         config = Config.from_saved(hp["config"], source=str(path))
         vocab = Vocab.from_dict(hp["vocab"])
-        decoder = build_decoder(config.model, len(vocab), int(hp["global_dim"]), int(hp["grid_dim"]))
-        decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        configs, decoders = [], []
+        for entry in entries:
+            member = Config.from_saved(entry["config"], source=str(path))
+            state = entry["state_dict"]
+            if "int8_scales" in entry:
+                state = dequantize_int8(state, entry["int8_scales"])
+            decoder = build_decoder(member.model, len(vocab), int(hp["global_dim"]), int(hp["grid_dim"]))
+            decoder.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            configs.append(member)
+            decoders.append(decoder.eval())
     except (KeyError, TypeError, RuntimeError) as e:
         raise file_error(path, f"model file does not match its config ({str(e).splitlines()[0][:160]})") from None
-    decoder.eval()
     encoder = hp.get("encoder") or {"name": config.encoder.name, "weights": config.encoder.weights,
                                    "global_dim": hp["global_dim"], "grid_dim": hp["grid_dim"]}
     if encoder_state is not None:
         encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state.items()}
-    return CaptionModel(decoder, vocab, config, dict(encoder), dict(metrics), encoder_state)
+    if len(decoders) == 1:
+        return CaptionModel(decoders[0], vocab, config, dict(encoder), dict(metrics), encoder_state)
+    from captioner.decoders.ensemble import EnsembleDecoder
+
+    return CaptionModel(EnsembleDecoder(decoders).eval(), vocab, config, dict(encoder), dict(metrics),
+                        encoder_state, configs)
 
 
 def load_models(paths: list[str | Path]) -> CaptionModel:
     """One model file, or several decoding as a test-time ensemble (:class:`EnsembleDecoder`).
 
     The members must share the vocabulary and the encoder features (same encoder, weights, input size and
-    grid) and must not carry fine-tuned encoders; decoding settings come from the first.
+    grid) and must not carry fine-tuned encoders; decoding settings come from the first. A file that holds an
+    ensemble already adds all its decoders.
     """
     from captioner.decoders.ensemble import EnsembleDecoder
 
@@ -169,5 +214,9 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
             raise file_error(path, f"cannot join an ensemble with {paths[0]}: features of another encoder")
     if any(m.encoder_state is not None for m in models):
         raise file_error(paths[0], "models with fine-tuned encoders cannot be ensembled")
-    return CaptionModel(EnsembleDecoder([m.decoder for m in models]).eval(), first.vocab, first.config,
-                        first.encoder, {"ensemble": [str(p) for p in paths]})
+    decoders, configs = [], []  # an ensemble file's members join one by one
+    for m in models:
+        decoders += list(m.decoder.members) if m.member_configs else [m.decoder]
+        configs += m.member_configs or [m.config]
+    return CaptionModel(EnsembleDecoder(decoders).eval(), first.vocab, first.config, first.encoder,
+                        {"ensemble": [str(p) for p in paths]}, member_configs=configs)

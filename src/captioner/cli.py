@@ -23,6 +23,7 @@ EPILOG = """examples:
   captioner caption photo.jpg --out shown/        (captioned image + per-word attention figure)
   captioner serve                                  (web demo on http://127.0.0.1:8000/)
   captioner export runs/soft_lite0/model.pt small.pt --half
+  captioner export runs/a/model.pt runs/b/model.pt ens.pt --half --int8-decoder   (an ensemble in one file)
 """
 
 
@@ -148,7 +149,7 @@ def cmd_caption(args) -> None:
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
     if out and not model.decoder.has_attention:
-        print(f"note: this model ({model.config.model.type}) has no attention map; "
+        print(f"note: this model ({model.kind}) has no attention map; "
               "writing captioned images only", file=sys.stderr)
     results, failures, stems = [], [], set()
     for path, image, outcome in iter_captions(model, args.images, beam_size=args.beam_size, max_len=args.max_len):
@@ -200,10 +201,13 @@ def cmd_serve(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from captioner.checkpoint import load_model, save_model
+    from captioner.checkpoint import load_models, save_model
     from captioner.config import with_decode_settings
 
-    model = load_model(args.model)
+    *sources, out = args.files
+    if not sources:
+        raise file_error(out, "export needs a model file to read and a file to write")
+    model = load_models(sources)  # several: one file holding the whole ensemble
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model.config = with_decode_settings(model.config, args.set)
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
@@ -211,11 +215,13 @@ def cmd_export(args) -> None:
 
         model.encoder_state = {k: v.detach().cpu() for k, v in model_encoder(model).state_dict().items()}
     if args.int8_encoder and model.encoder_state is None:
-        raise file_error(args.model, "--int8-encoder: the model carries no encoder weights "
+        raise file_error(sources[0], "--int8-encoder: the model carries no encoder weights "
                          "(fine-tuned, or add --embed-encoder)")
-    out = save_model(args.out, model, half=args.half, int8_encoder=args.int8_encoder)
-    kinds = [k for k, on in (("float16", args.half), ("int8 encoder", args.int8_encoder)) if on]
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB{''.join(', ' + k for k in kinds)})")
+    path = save_model(out, model, half=args.half, int8_encoder=args.int8_encoder, int8_decoder=args.int8_decoder)
+    kinds = [k for k, on in (("float16", args.half), ("int8 encoder", args.int8_encoder),
+                             ("int8 decoder", args.int8_decoder),
+                             (f"{len(sources)} decoders", len(model.member_configs) > 1)) if on]
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{''.join(', ' + k for k in kinds)})")
 
 
 def add_decode_set(s) -> None:
@@ -327,8 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("export", help="write a model file (from a model.pt or a run's checkpoint), e.g. in fp16")
-    s.add_argument("model", help="model file (model.pt) or a run's Lightning checkpoint")
-    s.add_argument("out", help="model file to write")
+    s.add_argument("files", nargs="+", metavar="MODEL [MODEL ...] OUT",
+                   help="model file(s) (model.pt or a run's Lightning checkpoint; several: an ensemble, written as "
+                        "one file) and the model file to write")
     s.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     s.add_argument("--embed-encoder", action="store_true",
                    help="store the encoder's weights in the file (a model trained on a local weights file's "
@@ -336,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8-encoder", action="store_true",
                    help="store the encoder's weight tensors in int8, one scale per output channel (models that "
                         "carry their encoder: fine-tuned, or with --embed-encoder)")
+    s.add_argument("--int8-decoder", action="store_true",
+                   help="store the decoder's weight matrices in int8, one scale per output row (a quarter of "
+                        "float32; measure the model after: docs/RESULTS.md)")
     add_decode_set(s)
     s.set_defaults(func=cmd_export)
     return p

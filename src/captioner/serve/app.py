@@ -185,7 +185,7 @@ def _caption(entry: LoadedModel, name: str, image, source: str, beam: int) -> di
     grid = round(len(attention[0]) ** 0.5) if attention else None
     return {
         "caption": result["caption"], "tokens": result["tokens"], "score": result["score"],
-        "finished": result["finished"], "model": name, "model_type": entry.model.config.model.type,
+        "finished": result["finished"], "model": name, "model_type": entry.model.kind,
         "beam_size": beam, "source": source, "width": image.width, "height": image.height,
         "grid": grid, "attention": attention, "locations": result.get("locations"),
         "preview": _preview(image), "seconds": round(time.perf_counter() - start, 3),

@@ -104,6 +104,9 @@ def _start_model(cfg: Config, desc: dict):
     """The model ``train.init_from`` names, checked against the config (same decoder type) and the run's
     encoder (``desc``: its describe())."""
     start = load_model(cfg.train.init_from)
+    if start.member_configs:
+        raise file_error(cfg.train.init_from, f"holds an ensemble of {len(start.member_configs)} decoders; "
+                         "train.init_from starts from one model")
     if start.config.model.type != cfg.model.type or start.config.encoder.name != cfg.encoder.name:
         raise file_error(cfg.train.init_from, f"is a {start.config.model.type} model on {start.config.encoder.name} "
                          f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
@@ -126,6 +129,13 @@ def _check_start_features(start, desc: dict, init_from: str) -> None:
         raise file_error(init_from, f"was trained on encoder features with {show}; this config gives "
                          + ", ".join(f"{k}={v}" for k, v in ours.items())
                          + " (set encoder.input_size / encoder.grid_size / encoder.layer to match)")
+    if start.encoder_state is not None or start.encoder.get("weights") != desc["weights"]:
+        # e.g. a model whose encoder was fine-tuned, continued on frozen ImageNet features: it runs, but the
+        # decoder starts on features unlike its own (intended when its encoder is this run's weights file)
+        theirs = "the encoder weights it carries" if start.encoder_state is not None \
+            else f"encoder weights {start.encoder.get('weights')}"
+        log.warning("%s: its decoder learned on features of %s; this run's features come from encoder weights "
+                    "%s", init_from, theirs, desc["weights"])
 
 
 def _backend(cfg: Config) -> str:

@@ -1,0 +1,78 @@
+"""`captioner caption` on a handful of photos: model against model, side by side (e.g. one decoder against an
+ensemble file, or float16 against int8 storage).
+
+    python benchmarks/caption.py --model A.pt --model B.pt    # the package's sample photos, B's time / A's
+    python benchmarks/caption.py                              # the shipped model alone
+    python benchmarks/caption.py --quick                      # an untrained synthetic model against itself x2
+
+Times what a user waits for after the model is loaded: reading the photos, the encoder, the beam search
+(beam 5). The models take turns, round after round, so a busy machine slows them alike; the median round
+is reported, and each model's time as a ratio to the first one's.
+"""
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from common import matmul_rate, peak_rss_mb
+
+SAMPLES = Path(__file__).resolve().parents[1] / "src" / "captioner" / "samples"
+
+
+def quick_models(tmp: Path) -> tuple[list[Path], list[Path]]:
+    """An untrained synthetic soft-attention model, and the same twice as an ensemble file; synthetic photos."""
+    from evaluate import untrained_synth_model
+
+    from captioner.checkpoint import load_models, save_model
+
+    model, data = untrained_synth_model(tmp)
+    pair = save_model(tmp / "pair.pt", load_models([model, model]), int8_decoder=True)
+    return [model, pair], sorted((data / "images").glob("*.png"))[:5]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--model", type=Path, action="append", default=[], help="model file (repeat to compare)")
+    p.add_argument("--rounds", type=int, default=7)
+    args = p.parse_args()
+    from captioner.checkpoint import PRETRAINED, load_model
+    from captioner.inference import caption_files
+
+    torch.set_num_threads(2)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.quick:
+            paths, photos = quick_models(Path(tmp))
+            args.rounds = 2
+        else:
+            paths, photos = args.model or [PRETRAINED], sorted(SAMPLES.glob("*.jpg"))
+        if not photos:
+            sys.exit("no photos to caption")
+        models = [load_model(path) for path in paths]
+        sizes_mb = [path.stat().st_size / 1e6 for path in paths]
+        for model in models:
+            caption_files(model, photos)  # warm-up: the encoder is built and cached on first use
+        rate = matmul_rate()
+        times = [[] for _ in models]
+        for _ in range(args.rounds):
+            for model, spent in zip(models, times, strict=True):
+                start = time.perf_counter()
+                caption_files(model, photos)
+                spent.append(time.perf_counter() - start)
+
+    print(f"{len(photos)} photos, beam 5, median of {args.rounds} rounds taken in turns:")
+    first = statistics.median(times[0])
+    for path, model, mb, spent in zip(paths, models, sizes_mb, times, strict=True):
+        n = len(getattr(model.decoder, "members", [model.decoder]))
+        median = statistics.median(spent)
+        print(f"  {path} ({n} decoder{'s' if n > 1 else ''}, {mb:.1f} MB): {median * 1000:.0f} ms "
+              f"({median / len(photos) * 1000:.0f} ms/photo), {median / first:.2f}x the first")
+    print(f"matmul rate in this run {rate / 1e9:.1f} GFLOP/s; peak RSS {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
