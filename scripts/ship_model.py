@@ -67,8 +67,9 @@ def main() -> None:
     photos = sorted(SAMPLES.glob("*.jpg"))
     captions = captioner("caption", "--model", str(target), *map(str, photos))
     configs = [(run / "config.yaml").read_text() for run in args.runs]
-    storage = "float16" + "".join(f", {part} weights in int8" for part, on in (
-        ("encoder", args.int8_encoder), ("decoder", args.int8_decoder)) if on)
+    storage = "float16" + "".join(f", {part} in int8" for part, on in (
+        ("the encoder's weights (but for its depthwise and stem convolutions)", args.int8_encoder),
+        ("the decoders' weight matrices", args.int8_decoder)) if on)
     what = [f"{_first_line(c, carried=args.embed_encoder)}; model selection on decoded val {_monitor(c)}; "
             f"{_epochs(run)}; run `{run}`, from `{source.name}`"
             for run, c, source in zip(args.runs, configs, sources, strict=True)]
@@ -91,7 +92,7 @@ def main() -> None:
 
 {summary}
 - **Trained on**: Flickr8k train split (6000 images, 30 000 captions) from `../shared/data/flickr8k`.{history}
-- **Stored**: {storage} ({size_mb:.1f} MB).
+- **Stored**: {storage} ({size_mb:.2f} MB).
 - **Shipped with**: `{command}`
   on {time.strftime('%Y-%m-%d')}, on the project's 2-core CPU machine.
 

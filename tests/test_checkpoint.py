@@ -94,11 +94,13 @@ def test_half_precision_export_is_smaller_and_close(tmp_path):
 def test_int8_weights_are_within_half_a_step_of_the_originals():
     from captioner.checkpoint import dequantize_int8, quantize_int8
 
-    state = {"conv.weight": torch.randn(8, 3, 3, 3) * torch.logspace(-3, 1, 8).view(8, 1, 1, 1),
-             "fc.weight": torch.randn(5, 7), "bn.bias": torch.randn(8), "bn.num_batches_tracked": torch.tensor(3)}
+    state = {"conv.weight": torch.randn(8, 4, 3, 3) * torch.logspace(-3, 1, 8).view(8, 1, 1, 1),
+             "fc.weight": torch.randn(5, 7), "bn.bias": torch.randn(8), "bn.num_batches_tracked": torch.tensor(3),
+             "depthwise.weight": torch.randn(8, 1, 3, 3), "stem.weight": torch.randn(8, 3, 3, 3)}
     q, scales = quantize_int8(state)
     assert q["conv.weight"].dtype == q["fc.weight"].dtype == torch.int8 and set(scales) == {"conv.weight", "fc.weight"}
-    assert torch.equal(q["bn.bias"], state["bn.bias"])  # 1-D tensors are left as they are
+    for k in ("bn.bias", "depthwise.weight", "stem.weight"):  # 1-D tensors, and filters of <= 3 input channels
+        assert torch.equal(q[k], state[k]), k
     back = dequantize_int8(q, scales)
     for k in scales:  # one scale per output channel: small channels keep their precision
         step = scales[k].view(-1, *([1] * (state[k].dim() - 1)))

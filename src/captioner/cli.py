@@ -341,8 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the encoder's weights in the file (a model trained on a local weights file's "
                         "features then needs no such file to run)")
     s.add_argument("--int8-encoder", action="store_true",
-                   help="store the encoder's weight tensors in int8, one scale per output channel (models that "
-                        "carry their encoder: fine-tuned, or with --embed-encoder)")
+                   help="store the encoder's weight tensors in int8, one scale per output channel, but for its "
+                        "depthwise and stem convolutions (models that carry their encoder: fine-tuned, or with "
+                        "--embed-encoder)")
     s.add_argument("--int8-decoder", action="store_true",
                    help="store the decoder's weight matrices in int8, one scale per output row (a quarter of "
                         "float32; measure the model after: docs/RESULTS.md)")
