@@ -160,3 +160,18 @@ def test_a_newer_format_is_refused_with_a_clear_message(tmp_path):
     torch.save(obj, path)
     with pytest.raises(CaptionerError, match="newer model format"):
         load_model(path)
+
+
+def test_files_of_the_earlier_int8_encoder_format_still_load(tmp_path):
+    """captioner-model/1+int8-encoder (written until 2026-11-27, e.g. the model shipped that morning) is read."""
+    from captioner.checkpoint import MODEL_FORMAT_INT8, quantize_int8
+
+    model = _model("soft")
+    encoder_state = {"conv.weight": torch.randn(6, 4, 3, 3), "bn.bias": torch.randn(6)}
+    obj = torch.load(save_model(tmp_path / "new.pt", model), weights_only=True)
+    q, scales = quantize_int8(encoder_state)
+    torch.save({**obj, "format": MODEL_FORMAT_INT8, "encoder_state_dict": q, "encoder_int8_scales": scales},
+               tmp_path / "old.pt")
+    loaded = load_model(tmp_path / "old.pt")
+    torch.testing.assert_close(loaded.encoder_state["conv.weight"], encoder_state["conv.weight"], atol=0.05, rtol=0)
+    assert _captions(loaded) == _captions(model)
