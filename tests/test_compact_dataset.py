@@ -33,3 +33,19 @@ def test_compact_copy_keeps_splits_and_captions_and_reports_bad_images(tmp_path,
         assert r.split == original[stem].split and r.captions_raw == original[stem].captions_raw
         with Image.open(r.image) as img:
             assert img.format == "WEBP" and img.size == (32, 32)
+
+
+def test_parts_unzip_into_the_same_dataset(tmp_path):
+    data = make_synth(tmp_path / "synth", n_train=9, n_val=3, n_test=0, seed=1)
+    out = tmp_path / "small.zip"
+    assert compact_dataset.main(["--data", str(data), "--out", str(out), "--size", "32", "--workers", "1",
+                                 "--parts", "2"]) == 0
+    parts = [tmp_path / "small.1of2.zip", tmp_path / "small.2of2.zip"]
+    assert not out.exists() and all(p.exists() for p in parts)
+    sizes = []
+    for part in parts:
+        with zipfile.ZipFile(part) as z:
+            sizes.append(sum(name.startswith("flickr8k/images/") for name in z.namelist()))
+            z.extractall(tmp_path / "unzipped")
+    assert sizes == [6, 6]
+    assert len([r for r in load_dataset(tmp_path / "unzipped" / "flickr8k").records if r.split]) == 12
