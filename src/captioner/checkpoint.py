@@ -89,7 +89,7 @@ def quantize_int8(state: dict) -> tuple[dict, dict]:
 
     Convolutions whose filters read at most 3 input channels (depthwise ones, and a stem reading the RGB image)
     are left as they are: few weights, and the ones int8 rounding hurts (the shipped ensemble's val CIDEr-D:
-    55.6 with a float16 encoder, 55.0 with every convolution in int8, 55.5 with these kept; docs/RESULTS.md)."""
+    55.6 with a float16 encoder, 55.0 with every convolution in int8, 55.4 with these kept; docs/RESULTS.md)."""
     out, scales = dict(state), {}
     for k, v in state.items():
         if v.is_floating_point() and v.dim() >= 2 and not (v.dim() == 4 and v.shape[1] <= 3):
