@@ -70,7 +70,10 @@ def main() -> None:
     storage = "float16" + "".join(f", {part} in int8" for part, on in (
         ("the encoder's weights (but for its depthwise and stem convolutions)", args.int8_encoder),
         ("the decoders' weight matrices", args.int8_decoder)) if on)
-    what = [f"{_first_line(c, carried=args.embed_encoder)}; model selection on decoded val {_monitor(c)}; "
+    from captioner.checkpoint import load_model
+
+    carried = load_model(target).encoder_state is not None  # fine-tuned, or --embed-encoder
+    what = [f"{_first_line(c, carried=carried)}; model selection on decoded val {_monitor(c)}; "
             f"{_epochs(run)}; run `{run}`, from `{source.name}`"
             for run, c, source in zip(args.runs, configs, sources, strict=True)]
     if len(what) == 1:
