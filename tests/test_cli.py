@@ -212,6 +212,11 @@ def test_export_writes_an_ensemble_as_one_file_that_captions_like_the_two(model_
     from_two = capsys.readouterr().out
     main(["caption", "--model", str(ens), str(image)])
     assert capsys.readouterr().out == from_two and from_two.strip()
+    from captioner.checkpoint import load_model
+    from captioner.inference import caption_files
+
+    results, _ = caption_files(load_model(ens), [image], beam_size=2)
+    assert results[0]["attention_of"] == "the mean map of 2 decoders"  # the attention figure's title says so
     with pytest.raises(SystemExit) as exit_info:  # nothing to read
         main(["export", str(ens)])
     assert exit_info.value.code == 2 and "needs a model file" in capsys.readouterr().err

@@ -115,6 +115,8 @@ def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
     out = {"caption": " ".join(words), "tokens": words, "score": hyp.score, "finished": hyp.finished}
     if hyp.alphas is not None:
         out["attention"] = hyp.alphas.tolist()
+        if model.member_configs:  # an ensemble's map per word is its attention members' mean
+            out["attention_of"] = f"the mean map of {len(model.member_configs)} decoders"
     if hyp.locs is not None:
         out["locations"] = hyp.locs
     return out

@@ -48,10 +48,11 @@ def _thumbnail(image: Image.Image) -> Image.Image:
 
 
 def attention_figure(image: Image.Image, words: list[str], alphas, locs: list[int] | None = None,
-                     caption: str | None = None, columns: int = 5):
+                     caption: str | None = None, columns: int = 5, note: str | None = None):
     """A matplotlib figure with one panel per word (two per word for hard attention: location, alpha map).
 
-    ``alphas``: [len(words), L] (L = g*g); ``locs``: hard attention's location index per word, or None.
+    ``alphas``: [len(words), L] (L = g*g); ``locs``: hard attention's location index per word, or None;
+    ``note``: what the maps are, when not one decoder's (an ensemble's mean map).
     """
     import matplotlib
 
@@ -93,6 +94,7 @@ def attention_figure(image: Image.Image, words: list[str], alphas, locs: list[in
         axes.flat[0].set_title("(empty caption)", fontsize=11)
     kind = "hard attention: the location used for each word, and its α map" if locs is not None \
         else "soft attention for each word"
+    kind += f" ({note})" if note else ""
     fig.suptitle(f"{caption}\n{kind}" if caption else kind, fontsize=11)
     return fig
 
@@ -106,7 +108,7 @@ def save_attention_figure(path: str | Path, image: Image.Image, result: dict, dp
     from captioner.io import write_bytes_atomic
 
     fig = attention_figure(image, result["tokens"], result.get("attention") or [], result.get("locations"),
-                           caption=result["caption"])
+                           caption=result["caption"], note=result.get("attention_of"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
