@@ -43,6 +43,12 @@ class CaptionModel:
         types = [c.model.type for c in self.member_configs]
         return f"ensemble of {len(types)}: {' + '.join(types)}" if types else self.config.model.type
 
+    def parts(self) -> list[tuple[Decoder, Config]]:
+        """Each decoder with its own config: one pair, or an ensemble's members in order."""
+        if self.member_configs:
+            return list(zip(self.decoder.members, self.member_configs, strict=True))
+        return [(self.decoder, self.config)]
+
     def to(self, device: str | torch.device) -> "CaptionModel":
         """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""
         self.decoder.to(device)
@@ -56,10 +62,8 @@ def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_e
     of their float32 size. An ensemble (:func:`load_models`) is written as one file with all its decoders."""
     if int8_encoder and model.encoder_state is None:
         raise file_error(path, "int8 encoder storage needs a model that carries its encoder's weights")
-    members = list(model.decoder.members) if model.member_configs else [model.decoder]
-    configs = model.member_configs or [model.config]
     decoders = []
-    for decoder, config in zip(members, configs, strict=True):
+    for decoder, config in model.parts():
         state, scales = _cast({k: v.detach().cpu() for k, v in decoder.state_dict().items()}, half), None
         if int8_decoder:
             state, scales = quantize_int8(state)
@@ -146,19 +150,14 @@ def load_model(path: str | Path) -> CaptionModel:
     path = Path(path)
     obj = _read(path)
     fmt = obj.get("format")
-    if fmt in (MODEL_FORMAT, MODEL_FORMAT_INT8):
-        hp, entries = obj, [{"config": obj.get("config"), "state_dict": obj.get("state_dict")}]
-        metrics = obj.get("metrics", {})
-        encoder_state = obj.get("encoder_state_dict")
-        if fmt == MODEL_FORMAT_INT8:
-            encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
-    elif fmt == MODEL_FORMAT_2:
-        hp, entries, metrics = obj, obj.get("decoders") or [], obj.get("metrics", {})
-        encoder_state = obj.get("encoder_state_dict")
-        if "encoder_int8_scales" in obj:
-            encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
+    if fmt in (MODEL_FORMAT, MODEL_FORMAT_INT8, MODEL_FORMAT_2):
+        hp, metrics, encoder_state = obj, obj.get("metrics", {}), obj.get("encoder_state_dict")
+        entries = obj.get("decoders") if fmt == MODEL_FORMAT_2 else \
+            [{"config": obj.get("config"), "state_dict": obj.get("state_dict")}]
         if not entries:
             raise file_error(path, "model file holds no decoder")
+        if "encoder_int8_scales" in obj:
+            encoder_state = dequantize_int8(encoder_state, obj["encoder_int8_scales"])
     elif isinstance(fmt, str) and fmt.startswith("captioner-model/"):
         raise file_error(path, f"written in a newer model format ({fmt}) than this captioner reads; upgrade it")
     elif "hyper_parameters" in obj and "state_dict" in obj:  # Lightning checkpoint (best.ckpt / last.ckpt)
@@ -218,9 +217,6 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
             raise file_error(path, f"cannot join an ensemble with {paths[0]}: features of another encoder")
     if any(m.encoder_state is not None for m in models):
         raise file_error(paths[0], "models with fine-tuned encoders cannot be ensembled")
-    decoders, configs = [], []  # an ensemble file's members join one by one
-    for m in models:
-        decoders += list(m.decoder.members) if m.member_configs else [m.decoder]
-        configs += m.member_configs or [m.config]
-    return CaptionModel(EnsembleDecoder(decoders).eval(), first.vocab, first.config, first.encoder,
-                        {"ensemble": [str(p) for p in paths]}, member_configs=configs)
+    parts = [part for m in models for part in m.parts()]  # an ensemble file's members join one by one
+    return CaptionModel(EnsembleDecoder([d for d, _ in parts]).eval(), first.vocab, first.config, first.encoder,
+                        {"ensemble": [str(p) for p in paths]}, member_configs=[c for _, c in parts])
