@@ -4,9 +4,14 @@
 #   frozen   the encoder frozen (control: same images, same clock, features computed in the loop too)
 #   full     every encoder block trained, encoder LR 1e-4 (config soft_lite0_finetune)
 #   full_ls  as full, with label smoothing 0.1
+#   cont     as full, meant to go on from an earlier fine-tuned model: pass its encoder as encoder.weights=FILE
+#            and its decoder as train.init_from=MODEL (cross-entropy, the same learning rates)
+#   cont_low as cont at half the learning rates (decoder 2e-4, encoder 5e-5)
 # Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
 #        extra setting goes to every run as --set, e.g. train.deterministic=false)
-# Environment: PYTHON (default python3), RUNS (default "frozen full full_ls").
+# Environment: PYTHON (default python3), RUNS (default "frozen full full_ls"), EVALUATE (default 1; 0: no
+#   val scoring here, each run's decoded-val scores after every epoch are in OUT/NAME/logs/metrics.csv).
+# Each run's model is exported to float16 (OUT/NAME/model_fp16.pt) before it is scored.
 set -euo pipefail
 DATA=$1 OUT=$2 MAX_TIME=$3
 shift 3
@@ -18,13 +23,15 @@ one_run() {  # name, extra --set arguments
   shift
   $PY -m captioner.cli train --config soft_lite0_finetune --data "$DATA" --out "$OUT/$name" --no-progress \
     --set train.max_time="$MAX_TIME" "$@" > "$OUT/$name.log" 2>&1
-  $PY -m captioner.cli evaluate --model "$OUT/$name/model.pt" --data "$DATA" --split val --beam-size 5 \
-    --tokenizer python --no-meteor --no-progress --out "$OUT/$name/val_beam5.json" >> "$OUT/$name.log" 2>&1
   $PY -m captioner.cli export "$OUT/$name/model.pt" "$OUT/$name/model_fp16.pt" --half >> "$OUT/$name.log" 2>&1
+  [ "${EVALUATE:-1}" = 0 ] ||
+    $PY -m captioner.cli evaluate --model "$OUT/$name/model.pt" --data "$DATA" --split val --beam-size 5 \
+      --tokenizer python --no-meteor --no-progress --out "$OUT/$name/val_beam5.json" >> "$OUT/$name.log" 2>&1
   echo "$name: done"
 }
 
-declare -A SETS=([frozen]="encoder.finetune_blocks=0" [full]="" [full_ls]="train.label_smoothing=0.1")
+declare -A SETS=([frozen]="encoder.finetune_blocks=0" [full]="" [full_ls]="train.label_smoothing=0.1" [cont]=""
+                [cont_low]="train.lr=2.0e-4 encoder.lr=5.0e-5")
 pids=()
 for name in ${RUNS:-frozen full full_ls}; do
   extra=()

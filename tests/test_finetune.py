@@ -77,3 +77,27 @@ def test_every_built_in_config_loads_and_the_finetune_one_trains_the_whole_encod
     ft = configs["soft_lite0_finetune"]
     assert ft.encoder.finetune and ft.encoder.finetune_blocks is None and ft.encoder.lr < ft.train.lr
     assert not configs["soft_lite0"].encoder.finetune
+
+
+def test_finetuning_goes_on_from_an_earlier_model(tmp_path):
+    """train.init_from with encoder.finetune: the decoder (and vocabulary) start from the model named, the
+    encoder from encoder.weights; with both learning rates 0 the decoder ends where it started."""
+    import pytest
+
+    from captioner.errors import CaptionerError
+
+    data = make_synth(tmp_path / "synth", n_train=32, n_val=8, n_test=2, seed=2)
+    first = load_model(train(load_config("synth_soft", ["encoder.finetune=true", "train.max_epochs=1",
+                                                        "train.batch_size=16"]),
+                             data, tmp_path / "first", cache_root=tmp_path / "cache", progress=False))
+    cfg = load_config("synth_soft", ["encoder.finetune=true", "train.max_epochs=1", "train.batch_size=16",
+                                     f"train.init_from={tmp_path / 'first' / 'model.pt'}", "train.lr=0",
+                                     "encoder.lr=0"])
+    again = load_model(train(cfg, data, tmp_path / "again", cache_root=tmp_path / "cache", progress=False))
+    assert again.vocab.itos == first.vocab.itos
+    start, end = first.decoder.state_dict(), again.decoder.state_dict()
+    assert all(torch.equal(start[k], end[k]) for k in start)
+    with pytest.raises(CaptionerError, match="SCST trains on cached features"):
+        train(load_config("synth_soft", ["encoder.finetune=true", "train.scst=true",
+                                         f"train.init_from={tmp_path / 'first' / 'model.pt'}"]),
+              data, tmp_path / "scst", cache_root=tmp_path / "cache", progress=False)

@@ -110,8 +110,6 @@ def _start_model(cfg: Config, desc: dict):
     if start.config.model.type != cfg.model.type or start.config.encoder.name != cfg.encoder.name:
         raise file_error(cfg.train.init_from, f"is a {start.config.model.type} model on {start.config.encoder.name} "
                          f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
-    if cfg.encoder.finetune:
-        raise CaptionerError("train.init_from (and SCST) with encoder.finetune is not supported")
     _check_start_features(start, desc, cfg.train.init_from)
     return start
 
@@ -189,6 +187,9 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     _check_gpus(cfg)
     join_early(_backend(cfg))  # torchrun / SLURM: all processes from here on, sharing the feature extraction
     L.seed_everything(t.seed, workers=True)
+    if t.scst and cfg.encoder.finetune:
+        raise CaptionerError("train.scst with encoder.finetune is not supported: SCST trains on cached features "
+                             "(fine-tune with cross-entropy, then run SCST on the fine-tuned encoder's features)")
     if t.scst and not t.init_from:
         raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
                              "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
