@@ -132,6 +132,23 @@ def test_an_ensemble_is_written_as_one_file_and_decodes_the_same(tmp_path):
     assert len(three.decoder.members) == 3 and len(three.member_configs) == 3
 
 
+def test_one_member_of_an_ensemble_file_decodes_as_its_own_model(tmp_path):
+    """--member N (evaluate, caption, export): the Nth decoder alone, with the whole's decoding settings."""
+    from captioner.cli import main
+
+    ensemble = _ensemble(tmp_path)
+    ensemble.config.decode.block_ngram = 3
+    path = save_model(tmp_path / "ens.pt", ensemble)
+    second = load_model(path).member(2)
+    assert second.kind == "nic" and not second.member_configs and second.config.decode.block_ngram == 3
+    assert _captions(second) == _captions(load_model(tmp_path / "b.pt"))
+    with pytest.raises(CaptionerError, match="choose 1 to 2"):
+        load_model(path).member(3)
+    main(["export", str(path), str(tmp_path / "first.pt"), "--member", "1"])
+    assert load_model(tmp_path / "first.pt").kind == "soft"
+    assert _captions(load_model(tmp_path / "first.pt")) == _captions(load_model(tmp_path / "a.pt"))
+
+
 def test_int8_decoders_give_nearly_the_same_word_probabilities(tmp_path):
     ensemble = _ensemble(tmp_path)
     full = save_model(tmp_path / "ens.pt", ensemble)

@@ -5,6 +5,7 @@ Everything in a model file is tensors, numbers, strings, lists and dicts, so it 
 travels inside the model, so a model can never be paired with the wrong word list.
 """
 
+import dataclasses
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from captioner.config import Config
 from captioner.data.vocab import Vocab
 from captioner.decoders import Decoder, build_decoder
-from captioner.errors import file_error
+from captioner.errors import CaptionerError, file_error
 from captioner.io import torch_save_atomic
 
 MODEL_FORMAT = "captioner-model/1"  # one decoder, float weights
@@ -48,6 +49,17 @@ class CaptionModel:
         if self.member_configs:
             return list(zip(self.decoder.members, self.member_configs, strict=True))
         return [(self.decoder, self.config)]
+
+    def member(self, n: int) -> "CaptionModel":
+        """The ``n``-th decoder (counting from 1) as a model of its own: an ensemble's member with its own
+        config, the encoder and vocabulary they share, and the whole's decoding settings."""
+        parts = self.parts()
+        if not 1 <= n <= len(parts):
+            raise CaptionerError(f"--member {n}: the model has {len(parts)} decoder(s) ({self.kind}); "
+                                 f"choose 1 to {len(parts)}")
+        decoder, config = parts[n - 1]
+        return CaptionModel(decoder, self.vocab, dataclasses.replace(config, decode=self.config.decode),
+                            self.encoder, dict(self.metrics), self.encoder_state)
 
     def to(self, device: str | torch.device) -> "CaptionModel":
         """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""

@@ -85,7 +85,10 @@ def model_from_args(args):
     from captioner.config import with_decode_settings
     from captioner.devices import pick_device
 
-    model = load_models(args.model or [default_model_path()]).to(pick_device(args.device))
+    model = load_models(args.model or [default_model_path()])
+    if args.member:  # one decoder of an ensemble, alone: its own caption and attention
+        model = model.member(args.member)
+    model = model.to(pick_device(args.device))
     if args.set:  # decoding settings for this run (n-gram blocking, length penalty, ...)
         model.config = with_decode_settings(model.config, args.set)
     return model
@@ -208,6 +211,8 @@ def cmd_export(args) -> None:
     if not sources:
         raise file_error(out, "export needs a model file to read and a file to write")
     model = load_models(sources)  # several: one file holding the whole ensemble
+    if args.member:  # one decoder out of an ensemble
+        model = model.member(args.member)
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model.config = with_decode_settings(model.config, args.set)
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
@@ -228,6 +233,11 @@ def add_decode_set(s) -> None:
     s.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
                    help="decoding setting for this run, e.g. --set decode.block_ngram=3 or "
                         "--set decode.length_penalty=1.0 (repeatable)")
+
+
+def add_member(s, what: str) -> None:
+    s.add_argument("--member", type=int, metavar="N",
+                   help=f"{what} only the Nth decoder of an ensemble (counting from 1), alone")
 
 
 def add_device(s, what: str) -> None:
@@ -298,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
     s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_member(s, "score")
     add_device(s, "where decoding (and a fine-tuned encoder) runs")
     s.set_defaults(func=cmd_evaluate)
 
@@ -320,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
                    "attention figure (NAME.attention.png) and captions.json")
+    add_member(s, "caption with")
     add_device(s, "where the encoder and decoder run")
     s.set_defaults(func=cmd_caption)
 
@@ -348,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the decoder's weight matrices in int8, one scale per output row (a quarter of "
                         "float32; measure the model after: docs/RESULTS.md)")
     add_decode_set(s)
+    add_member(s, "write")
     s.set_defaults(func=cmd_export)
     return p
 
