@@ -32,5 +32,10 @@ def test_after_finetune_makes_a_scored_ensemble_and_resumes(tmp_path):
     assert load_model(out / "smooth" / "model.pt").config.train.label_smoothing == 0.1
     report = json.loads((out / "ensemble_val_beam5.json").read_text())
     assert report["images"] == 8 and "CIDEr-D" in report["metrics"]
+    assert not (out / "decoder").exists()  # by default SCST starts from the fine-tuned model's decoder
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # every stage done before
-    assert again.returncode == 0 and again.stdout.count("done before") == 3, again.stderr[-2000:]
+    assert again.returncode == 0 and again.stdout.count("done before") == 2, again.stderr[-2000:]
+    # DECODER_EPOCHS > 0: cross-entropy epochs on the frozen features first, SCST from their best
+    run = subprocess.run(cmd, env={**env, "DECODER_EPOCHS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and "scst: done before" in run.stdout, run.stderr[-2000:]
+    assert load_model(out / "decoder" / "model.pt").config.train.init_from == str(start)
