@@ -11,8 +11,9 @@
 #             decoding defaults length penalty 1.0 + trigram blocking, then scored on val at beam 5
 # On the project's 2-core CPU (2026-11-27, Flickr8k): features 4.5 min, decoder 4-6 epochs x 3.6 min, scst
 # 4-6 min, smooth 10 epochs x 3.7-5.2 min: about 1.5 hours (1.2 without the decoder stage). The shipped model is
-# this ensemble (docs/RESULTS.md, "Fine-tuning goes on": SCST straight from the GPU model scored higher than
-# after more cross-entropy epochs here, 54.6 against 52.0 CIDEr-D).
+# such an ensemble, made with DECODER_EPOCHS=8; on the second GPU session's model SCST straight from it scored
+# higher than after cross-entropy epochs here (54.6 against 52.0 CIDEr-D), hence the default (docs/RESULTS.md,
+# "Fine-tuning goes on").
 # Usage: scripts/after_finetune.sh FINETUNED_MODEL DATA OUT [SECTION.KEY=VALUE ...]   (each setting goes to
 #        every training as --set, e.g. train.max_epochs=2 for a quick look)
 # Environment: PYTHON (default python3), CONFIG (default soft_lite0), SCST_CONFIG (default scst_soft_lite0),
