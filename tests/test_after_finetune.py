@@ -29,7 +29,8 @@ def test_after_finetune_makes_a_scored_ensemble_and_resumes(tmp_path):
     assert ensemble.kind == "ensemble of 2: soft + soft" and ensemble.encoder_state is not None
     assert ensemble.config.decode.length_penalty == 1.0 and ensemble.config.decode.block_ngram == 3
     assert load_model(out / "scst" / "model.pt").config.train.scst
-    assert load_model(out / "smooth" / "model.pt").config.train.label_smoothing == 0.1
+    smooth = load_model(out / "smooth" / "model.pt").config.train
+    assert smooth.label_smoothing == 0.1 and smooth.monitor == "cider"
     report = json.loads((out / "ensemble_val_beam5.json").read_text())
     assert report["images"] == 8 and "CIDEr-D" in report["metrics"]
     assert not (out / "decoder").exists()  # by default SCST starts from the fine-tuned model's decoder
