@@ -1,11 +1,13 @@
 """Encoder fine-tuning: features computed in the training loop, encoder weights trained and shipped."""
 
+import pytest
 import torch
 
 from captioner.checkpoint import load_model
 from captioner.config import load_config
 from captioner.data.synth import make_synth
 from captioner.encoders import create_encoder
+from captioner.errors import CaptionerError
 from captioner.inference import caption_files, evaluate
 from captioner.training.train import train
 
@@ -82,10 +84,6 @@ def test_every_built_in_config_loads_and_the_finetune_one_trains_the_whole_encod
 def test_finetuning_goes_on_from_an_earlier_model(tmp_path):
     """train.init_from with encoder.finetune: the decoder (and vocabulary) start from the model named, the
     encoder from encoder.weights; with both learning rates 0 the decoder ends where it started."""
-    import pytest
-
-    from captioner.errors import CaptionerError
-
     data = make_synth(tmp_path / "synth", n_train=32, n_val=8, n_test=2, seed=2)
     first = load_model(train(load_config("synth_soft", ["encoder.finetune=true", "train.max_epochs=1",
                                                         "train.batch_size=16"]),
