@@ -7,6 +7,8 @@
 #   cont     as full, meant to go on from an earlier fine-tuned model: pass its encoder as encoder.weights=FILE
 #            and its decoder as train.init_from=MODEL (cross-entropy, the same learning rates)
 #   cont_low as cont at half the learning rates (decoder 2e-4, encoder 5e-5)
+#   lite2    as full, on EfficientNet-Lite2 at its native 260 px (9x9 grid); where its weights package is not
+#            installed, pass a local copy as encoder.weights=FILE
 # Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
 #        extra setting goes to every run as --set, e.g. train.deterministic=false)
 # Environment: PYTHON (default python3), RUNS (default "frozen full full_ls"), EVALUATE (default 1; 0: no
@@ -31,7 +33,8 @@ one_run() {  # name, extra --set arguments
 }
 
 declare -A SETS=([frozen]="encoder.finetune_blocks=0" [full]="" [full_ls]="train.label_smoothing=0.1" [cont]=""
-                [cont_low]="train.lr=2.0e-4 encoder.lr=5.0e-5")
+                [cont_low]="train.lr=2.0e-4 encoder.lr=5.0e-5"
+                [lite2]="encoder.name=efficientnet_lite2 encoder.input_size=260")
 pids=()
 for name in ${RUNS:-frozen full full_ls}; do
   extra=()

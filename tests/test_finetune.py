@@ -99,3 +99,17 @@ def test_finetuning_goes_on_from_an_earlier_model(tmp_path):
         train(load_config("synth_soft", ["encoder.finetune=true", "train.scst=true",
                                          f"train.init_from={tmp_path / 'first' / 'model.pt'}"]),
               data, tmp_path / "scst", cache_root=tmp_path / "cache", progress=False)
+
+
+def test_loader_workers_train_the_same_weights_as_the_main_process(tmp_path):
+    """Images decoded in (persistent) worker processes: the same batches, in the same order, every epoch."""
+    data = make_synth(tmp_path / "synth", n_train=32, n_val=4, n_test=2, seed=2)
+    states = []
+    for workers in (0, 2):
+        cfg = load_config("synth_soft", ["encoder.finetune=true", "train.max_epochs=2", "train.batch_size=16",
+                                         f"train.num_workers={workers}", "train.early_stop_patience=5"])
+        model = load_model(train(cfg, data, tmp_path / f"run{workers}", cache_root=tmp_path / "cache",
+                                 progress=False))
+        states.append({**model.decoder.state_dict(), **model.encoder_state})
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.allclose(states[0][k].float(), states[1][k].float()) for k in states[0])

@@ -119,9 +119,12 @@ def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
     lengths = (dataset.captions != 0).sum(1) if bucket_by_length else None  # [N] caption lengths
     sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle, lengths)
     # its own generator: starting an epoch's iterator then draws nothing from the global RNG, whose stream
-    # (dropout, hard attention's samples) is reseeded per epoch so that resumed runs repeat it exactly
+    # (dropout, hard attention's samples) is reseeded per epoch so that resumed runs repeat it exactly.
+    # Workers persist across epochs: fine-tuning decodes images in them, and restarting 15 of them every
+    # epoch cost a GPU run 30 s of its first epoch and more at each validation.
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                      collate_fn=_identity, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=num_workers > 0, collate_fn=_identity,
+                      generator=torch.Generator().manual_seed(seed))
 
 
 def _identity(batch):
