@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from captioner.checkpoint import CaptionModel, load_model, load_models, save_model
-from captioner.config import Config, TrainConfig
+from captioner.config import Config, ModelConfig, TrainConfig
 from captioner.data.glove import init_embedding, load_glove
 from captioner.data.vocab import Vocab
+from captioner.decoders import build_decoder
 from captioner.decoders.ensemble import EnsembleDecoder
 from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
@@ -102,6 +103,28 @@ def test_ensemble_averages_probabilities_and_decodes_in_the_shared_beam_search()
     solo = beam_search(EnsembleDecoder([a]), feats, 1, 2, beam_size=3, max_len=8)
     assert [h.tokens for h in solo] == [h.tokens for h in beam_search(a, feats, 1, 2, beam_size=3, max_len=8)]
     assert len(beam_search(ens, feats, 1, 2, beam_size=3, max_len=8)) == 3
+
+
+def test_ensemble_members_can_read_features_of_different_encoders():
+    """feature_groups: member i reads its own encoder's features (entries "{group}.grid", "{group}.global")."""
+    a = small_decoder("soft").eval()
+    c = build_decoder(ModelConfig(type="soft", embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0),
+                      VOCAB, 24, 20).eval()  # another encoder: other dims, a 3x3 grid
+    gen = torch.Generator().manual_seed(1)
+    other = {"global": torch.randn(3, 24, generator=gen), "grid": torch.randn(3, 9, 20, generator=gen)}
+    feats = random_feats(3)
+    routed = {**{f"0.{k}": v for k, v in feats.items()}, **{f"1.{k}": v for k, v in other.items()}}
+    ens = EnsembleDecoder([a, c], feature_groups=[0, 1]).eval()
+    ctx, prev = ens.encode(routed), torch.full((3,), 1)
+    logp, _, _ = ens.step(ctx, ens.init_state(ctx), prev)
+    la, _, _ = a.step(a.encode(feats), a.init_state(a.encode(feats)), prev)
+    lc, _, _ = c.step(c.encode(other), c.init_state(c.encode(other)), prev)
+    assert torch.allclose(logp.exp(), (la.exp() + lc.exp()) / 2, atol=1e-6)
+    solo = beam_search(EnsembleDecoder([c], feature_groups=[1]), routed, 1, 2, beam_size=3, max_len=8)
+    assert [h.tokens for h in solo] == [h.tokens for h in beam_search(c, other, 1, 2, beam_size=3, max_len=8)]
+    assert len(beam_search(ens, routed, 1, 2, beam_size=3, max_len=8)) == 3
+    with pytest.raises(ValueError, match="one entry per member"):
+        EnsembleDecoder([a, c], feature_groups=[0])
 
 
 def test_load_models_joins_compatible_files_and_refuses_others(tmp_path):

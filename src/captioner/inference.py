@@ -159,12 +159,22 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
     """
     chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress)
+    return score_split(model, chosen, feats, failed, str(data), split, beam_size, max_len, out, tokenizer, metrics,
+                       report_dir)
+
+
+def score_split(model: CaptionModel, chosen: list, feats: dict[str, torch.Tensor], failed: list[str], data: str,
+                split: str, beam_size: int = 5, max_len: int = 30, out: str | Path | None = None,
+                tokenizer: str = "auto", metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
+                report_dir: str | Path | None = None) -> dict:
+    """:func:`evaluate` once the features are there: decode ``feats`` (one row per record of ``chosen``),
+    score against the records' captions, and write the report."""
     hyps = decode_batches(model, feats, beam_size, max_len)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}
     corpus, per_image = score_corpus(candidates, references, metrics=metrics, tokenizer=tokenizer)
     report = {
-        "data": str(data), "split": split, "images": len(chosen), "beam_size": beam_size,
+        "data": data, "split": split, "images": len(chosen), "beam_size": beam_size,
         "metrics": {k: corpus[k] for k in METRIC_NAMES if k in corpus},
         "skipped": failed,
         "captions": [{"image": r.name, "caption": candidates[r.name], "references": references[r.name],

@@ -1,8 +1,10 @@
 """Several trained decoders decoding as one (test-time ensemble): the shared beam search sees one decoder.
 
 At every step the members' word distributions are averaged (in probability, not log-probability); the
-attention shown for a word is the members' mean map. Members must share the vocabulary and the encoder
-features; they may be of different types (e.g. soft + hard + NIC).
+attention shown for a word is the members' mean map. Members must share the vocabulary; they may be of
+different types (e.g. soft + hard + NIC). They read the same encoder features, or, with ``feature_groups``,
+each its own encoder's: member i then reads the entries ``"{feature_groups[i]}.grid"`` (etc.) of the features
+(scripts/cross_encoder_ensemble.py: models on different encoders).
 """
 
 import math
@@ -14,11 +16,14 @@ from captioner.decoders.base import Decoder, Features, State
 
 
 class EnsembleDecoder(Decoder):
-    def __init__(self, members: list[Decoder]):
+    def __init__(self, members: list[Decoder], feature_groups: list[int] | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one decoder")
+        if feature_groups is not None and len(feature_groups) != len(members):
+            raise ValueError("feature_groups needs one entry per member")
         super().__init__(members[0].vocab_size, members[0].pad_id)
         self.members = nn.ModuleList(members)
+        self.feature_groups = feature_groups
         self.has_attention = any(m.has_attention for m in members)
 
     @staticmethod
@@ -31,7 +36,9 @@ class EnsembleDecoder(Decoder):
         return {f"{i}.{k}": v for i, part in enumerate(parts) for k, v in part.items()}
 
     def encode(self, feats: Features) -> State:
-        return self._join([m.encode(feats) for m in self.members])
+        if self.feature_groups is None:
+            return self._join([m.encode(feats) for m in self.members])
+        return self._join([m.encode(self._split(feats, g)) for m, g in zip(self.members, self.feature_groups)])
 
     def init_state(self, ctx: State) -> State:
         return self._join([m.init_state(self._split(ctx, i)) for i, m in enumerate(self.members)])
