@@ -7,8 +7,8 @@
 #   cont     as full, meant to go on from an earlier fine-tuned model: pass its encoder as encoder.weights=FILE
 #            and its decoder as train.init_from=MODEL (cross-entropy, the same learning rates)
 #   cont_low as cont at half the learning rates (decoder 2e-4, encoder 5e-5)
-#   lite2    as full, on EfficientNet-Lite2 at its native 260 px (9x9 grid); where its weights package is not
-#            installed, pass a local copy as encoder.weights=FILE
+#   lite2    as full, on EfficientNet-Lite2 at its native 260 px (its 9x9 grid pooled to the config's 7x7);
+#            where its weights package is not installed, pass a local copy as encoder.weights=FILE
 # Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
 #        extra setting goes to every run as --set, e.g. train.deterministic=false)
 # Environment: PYTHON (default python3), RUNS (default "frozen full full_ls"), EVALUATE (default 1; 0: no
