@@ -38,7 +38,8 @@ class EnsembleDecoder(Decoder):
     def encode(self, feats: Features) -> State:
         if self.feature_groups is None:
             return self._join([m.encode(feats) for m in self.members])
-        return self._join([m.encode(self._split(feats, g)) for m, g in zip(self.members, self.feature_groups, strict=True)])
+        groups = zip(self.members, self.feature_groups, strict=True)
+        return self._join([m.encode(self._split(feats, g)) for m, g in groups])
 
     def init_state(self, ctx: State) -> State:
         return self._join([m.init_state(self._split(ctx, i)) for i, m in enumerate(self.members)])
