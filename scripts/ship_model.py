@@ -69,7 +69,8 @@ def main() -> None:
     configs = [(run / "config.yaml").read_text() for run in args.runs]
     storage = "float16" + "".join(f", {part} in int8" for part, on in (
         ("the encoder's weights (but for its depthwise and stem convolutions)", args.int8_encoder),
-        ("the decoders' weight matrices", args.int8_decoder)) if on)
+        ("the decoders' weight matrices" if len(args.runs) > 1 else "the decoder's weight matrices",
+         args.int8_decoder)) if on)
     from captioner.checkpoint import load_model
 
     carried = load_model(target).encoder_state is not None  # fine-tuned, or --embed-encoder
@@ -146,7 +147,7 @@ def _epochs(run: Path) -> str:
     from flickr8k_table import history  # this folder's table script: one reader of a run's CSV logs
 
     n = sum("val/bleu4" in e for e in history(run).values())
-    return f"{n} epochs with validation so far" if n else "epochs unknown"
+    return f"{n} epoch{'s' if n != 1 else ''} with validation so far" if n else "epochs unknown"
 
 
 if __name__ == "__main__":
