@@ -11,10 +11,11 @@
 #   ensemble.pt  scst + smooth in one file (float16, weight matrices in int8, the encoder's weights inside),
 #             decoding defaults length penalty 1.0 + trigram blocking, then scored on val at beam 5
 # On the project's 2-core CPU (2026-11-27, Flickr8k): features 4.5 min, decoder 4-6 epochs x 3.6 min, scst
-# 4-6 min, smooth 10 epochs x 3.7-5.2 min: about 1.5 hours (1.2 without the decoder stage). The shipped model is
-# such an ensemble, made with DECODER_EPOCHS=8; on the second GPU session's model SCST straight from it scored
-# higher than after cross-entropy epochs here (54.6 against 52.0 CIDEr-D), hence the default (docs/RESULTS.md,
-# "Fine-tuning goes on").
+# 4-6 min, smooth 10 epochs x 3.7-5.2 min: about 1.5 hours (1.2 without the decoder stage; on EfficientNet-Lite2
+# features 50 min). The model shipped from 05:12 to 11:00 UTC that day was such an ensemble, made with
+# DECODER_EPOCHS=8; on the second GPU session's model SCST straight from it scored higher than after
+# cross-entropy epochs here (54.6 against 52.0 CIDEr-D), hence the default (docs/RESULTS.md, "Fine-tuning goes
+# on"). The model shipped since is this script's scst stage alone, on Lite2 (26.6 MB as a pair: over 25 MB).
 # Usage: scripts/after_finetune.sh FINETUNED_MODEL DATA OUT [SECTION.KEY=VALUE ...]   (each setting goes to
 #        every training as --set, e.g. train.max_epochs=2 for a quick look)
 # Environment: PYTHON (default python3), CONFIG (default soft_lite0), SCST_CONFIG (default scst_soft_lite0),
