@@ -100,9 +100,9 @@ def _check_gpus(cfg: Config) -> None:
                              "visible: start at most one process per GPU, or --set train.accelerator=cpu")
 
 
-def _start_model(cfg: Config, desc: dict):
+def _start_model(cfg: Config, encoder):
     """The model ``train.init_from`` names, checked against the config (same decoder type) and the run's
-    encoder (``desc``: its describe())."""
+    encoder."""
     start = load_model(cfg.train.init_from)
     if start.member_configs:
         raise file_error(cfg.train.init_from, f"holds an ensemble of {len(start.member_configs)} decoders; "
@@ -110,16 +110,23 @@ def _start_model(cfg: Config, desc: dict):
     if start.config.model.type != cfg.model.type or start.config.encoder.name != cfg.encoder.name:
         raise file_error(cfg.train.init_from, f"is a {start.config.model.type} model on {start.config.encoder.name} "
                          f"features; this config trains {cfg.model.type} on {cfg.encoder.name}")
-    _check_start_features(start, desc, cfg.train.init_from)
+    _check_start_features(start, encoder.describe(), cfg.train.init_from, encoder.state_dict())
     return start
+
+
+def _same_weights(carried: dict, ours: dict) -> bool:
+    """Whether ``ours`` holds the weights ``carried`` (ours may be float32 copies of float16 ones)."""
+    return carried.keys() == ours.keys() and all(
+        torch.equal(ours[k].to(v.dtype), v) for k, v in carried.items())
 
 
 FEATURE_KEYS = ("layer", "input_size", "grid_size")  # what else, beside the encoder's name, shapes its features
 
 
-def _check_start_features(start, desc: dict, init_from: str) -> None:
+def _check_start_features(start, desc: dict, init_from: str, our_state: dict | None = None) -> None:
     """The start model must have been trained on the features this run feeds it: an attention decoder takes
-    any grid, so a 7x7 run started from a 14x14 model would train on without a word otherwise."""
+    any grid, so a 7x7 run started from a 14x14 model would train on without a word otherwise. ``our_state``:
+    this run's encoder weights, to tell a fine-tuned start model's own weights (no warning) from others."""
     theirs = {k: start.encoder.get(k) for k in FEATURE_KEYS if k in start.encoder}
     ours = {k: desc[k] for k in theirs}
     if theirs != ours:
@@ -127,7 +134,10 @@ def _check_start_features(start, desc: dict, init_from: str) -> None:
         raise file_error(init_from, f"was trained on encoder features with {show}; this config gives "
                          + ", ".join(f"{k}={v}" for k, v in ours.items())
                          + " (set encoder.input_size / encoder.grid_size / encoder.layer to match)")
-    if start.encoder_state is not None or start.encoder.get("weights") != desc["weights"]:
+    carried = start.encoder_state
+    if carried is not None and our_state is not None and _same_weights(carried, our_state):
+        return  # e.g. scripts/after_finetune.sh: the start model's fine-tuned encoder, saved as a weights file
+    if carried is not None or start.encoder.get("weights") != desc["weights"]:
         # e.g. a model whose encoder was fine-tuned, continued on frozen ImageNet features: it runs, but the
         # decoder starts on features unlike its own (intended when its encoder is this run's weights file)
         theirs = "the encoder weights it carries" if start.encoder_state is not None \
@@ -195,7 +205,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
                              "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
     encoder = build_encoder(cfg)
     # the start model is checked before any features are made
-    start = _start_model(cfg, encoder.describe()) if t.init_from and not resume else None
+    start = _start_model(cfg, encoder) if t.init_from and not resume else None
     if cfg.encoder.finetune:  # features computed in the loop from the images
         dataset = load_dataset(data)
         records = [r for r in dataset.records if r.split]
