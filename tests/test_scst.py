@@ -52,6 +52,28 @@ def test_sampled_captions_carry_their_log_probability(kind):
     assert dec.fc.weight.grad is not None and dec.fc.weight.grad.abs().sum() > 0
 
 
+def test_sampled_hard_attention_locations_join_the_score_function(monkeypatch):
+    """SCST with hard attention sampling its locations (train mode): their log-probabilities join each caption's,
+    so the reward reaches the attention MLP; at argmax locations (the test-time network) nothing is drawn."""
+    dec = small_decoder("hard", expected_context_prob=0.0).train()  # every caption samples its locations
+    feats = random_feats(3)
+    torch.manual_seed(0)
+    words, logp_sum, _ = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
+    logp_sum.sum().backward()
+    assert dec.att_score.weight.grad.abs().sum() > 0  # the attention learns from the reward
+    with monkeypatch.context() as m:  # the same draws without the locations' term: words only
+        m.setattr(type(dec), "choice_log_prob", lambda *a: None)
+        torch.manual_seed(0)
+        same_words, words_only, _ = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
+    assert torch.equal(words, same_words)
+    assert bool((logp_sum < words_only).all())  # plus log p(locations) < 0
+    dec.zero_grad(set_to_none=True)
+    dec.eval()
+    _, logp_argmax, _ = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
+    logp_argmax.sum().backward()
+    assert dec.att_score.weight.grad is None  # argmax locations: no path from the words to the attention
+
+
 def _epochs(path, key):
     values = defaultdict(list)
     with path.open() as f:

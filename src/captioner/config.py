@@ -96,7 +96,8 @@ class TrainConfig:
     scst_samples: int = 5
     scst_baseline: str = "greedy"  # greedy | mean
     scst_max_len: int = 16
-    scst_dropout: bool = True  # sample with dropout on (as the usual SCST code); false: the test-time network
+    scst_dropout: bool = True  # sample in train mode (dropout on; hard attention samples its locations, their
+    # log-probabilities joining the score function), as the usual SCST code; false: the test-time network
 
 
 @dataclass

@@ -42,6 +42,11 @@ class Decoder(nn.Module):
         logits, state, alpha = self.step_logits(ctx, state, prev)
         return F.log_softmax(logits.float(), dim=-1), state, alpha  # [B, V]
 
+    def choice_log_prob(self, ctx: State, state: State, alpha: Tensor | None) -> Tensor | None:
+        """Log-probability [B] of the random choices the last step made besides its word (hard attention's
+        sampled location), for score-function training of sampled captions (SCST); None when it made none."""
+        return None
+
     # ---- training ---------------------------------------------------------------------------------
     def teacher_forcing(self, feats: Features, captions: Tensor, sample_prob: float = 0.0) -> dict[str, Tensor]:
         """Run the step function over ``captions[:, :-1]`` (``<start> w1 .. wn``), predicting ``captions[:, 1:]``.

@@ -62,6 +62,16 @@ class HardAttentionDecoder(SoftAttentionDecoder):
             z = torch.where(ctx["flag_expected"].unsqueeze(1), expected, z)
         return z, {**state, "loc": loc}
 
+    def choice_log_prob(self, ctx: State, state: State, alpha: Tensor | None) -> Tensor | None:
+        """log alpha_t[s_t] of a sampled location (0 for captions given the expected context), so that SCST's
+        reward reaches the attention too: sampled with no score-function term, it would get no gradient."""
+        if not (self.training or self.hard_inference == "sample"):
+            return None  # argmax or expected context: nothing was drawn
+        log_p = torch.log(alpha.gather(1, state["loc"].unsqueeze(1)).squeeze(1).clamp(min=1e-12))  # [B]
+        if "flag_expected" in ctx:
+            log_p = torch.where(ctx["flag_expected"], torch.zeros_like(log_p), log_p)
+        return log_p
+
     def extra_losses(self, out: dict, nll: Tensor, mask: Tensor, n_tokens: Tensor) -> dict[str, Tensor]:
         terms = super().extra_losses(out, nll, mask, n_tokens)
         if not self.training:
