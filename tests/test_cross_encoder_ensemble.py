@@ -1,44 +1,97 @@
-"""scripts/cross_encoder_ensemble.py: models on different encoders decode as one ensemble (synthetic data)."""
+"""Ensembles across encoders: `--model a.pt --model b.pt` where the files read different encoder features, each
+file's decoders reading its own encoder's (synthetic data, tiny encoders)."""
 
 import dataclasses
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-from captioner.checkpoint import load_model, save_model
+import pytest
+import torch
+
+from captioner.checkpoint import load_model, load_models, save_model
 from captioner.data.synth import make_synth
 from captioner.encoders import create_encoder
+from captioner.errors import CaptionerError
+from captioner.inference import caption_files, decode_batches, encode_images, model_encoder, read_images
 from conftest import untrained_model_file
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cross_encoder_ensemble.py"
 
-
-def test_two_models_on_different_encoders_caption_a_split_as_one(tmp_path):
-    data = make_synth(tmp_path / "synth", n_train=8, n_val=6, n_test=2, seed=4)
-    first = untrained_model_file(tmp_path / "a.pt", "soft")  # the tiny encoder's 4x4 grid, from the cache
-    # the other one carries its own encoder (as a fine-tuned one does), pooled to a 3x3 grid
+@pytest.fixture(scope="module")
+def two_encoders(tmp_path_factory):
+    """a.pt: the tiny encoder's 4x4 grid (features from the cache); b.pt: carries its own encoder weights (as a
+    fine-tuned one does), pooled to a 3x3 grid, so its features exist only through its encoder."""
+    root = tmp_path_factory.mktemp("cross")
+    data = make_synth(root / "synth", n_train=8, n_val=6, n_test=2, seed=4)
+    first = untrained_model_file(root / "a.pt", "soft")
     enc = create_encoder("tiny", weights="none", grid_size=3)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # other weights than a.pt's encoder
     other = load_model(first)
     other = dataclasses.replace(other, encoder=enc.describe(), encoder_state=enc.state_dict())
     other.config.encoder.grid_size = 3
-    save_model(tmp_path / "b.pt", other)
-    env = {**os.environ, "CAPTIONER_CACHE": str(tmp_path / "cache")}
-    cmd = [sys.executable, str(SCRIPT), str(first), str(tmp_path / "b.pt"), "--data", str(data), "--tokenizer",
-           "python", "--no-meteor", "--out", str(tmp_path / "r.json"), "--cache", str(tmp_path / "cache"),
-           "--set", "decode.block_ngram=3"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    save_model(root / "b.pt", other)
+    return root, data, first, root / "b.pt"
+
+
+def _cli(*args, cache):
+    env = {**os.environ, "CAPTIONER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "captioner.cli", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_each_file_decodes_on_its_own_encoders_features(two_encoders):
+    root, data, a, b = two_encoders
+    model = load_models([a, b])
+    assert model.kind == "ensemble of 2: soft + soft on 2 encoders" and model.decoder.feature_groups == [0, 1]
+    images = [img for img in read_images(sorted((data / "images").glob("*.png"))[:3])[0]]
+    feats = encode_images(model_encoder(model), images)
+    assert feats["0.grid"].shape[1] == 16 and feats["1.grid"].shape[1] == 9  # 4x4 and 3x3 grids
+    # the same as each file's own encoder gives
+    own_b = encode_images(model_encoder(load_model(b)), images)
+    torch.testing.assert_close(feats["1.grid"], own_b["grid"])
+    # its members alone are each file's model, with that file's encoder
+    second = model.member(2)
+    assert second.encoder_state is not None and second.encoder["grid_size"] == 3
+    hyps = decode_batches(second, own_b, beam_size=2, max_len=6)  # its decoder on b.pt's own features
+    results, failures = caption_files(second, sorted((data / "images").glob("*.png"))[:3], beam_size=2, max_len=6)
+    assert not failures and [r["tokens"] for r in results] == [model.vocab.decode(h.tokens) for h in hyps]
+
+
+def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders):
+    root, data, a, b = two_encoders
+    cache = root / "cache"
+    out = root / "r.json"
+    run = _cli("evaluate", "--model", a, "--model", b, "--data", data, "--tokenizer", "python", "--no-meteor",
+               "--out", out, "--no-progress", "--set", "decode.block_ngram=3", cache=cache)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "ensemble of 2: soft + soft" in run.stdout
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads(out.read_text())
     assert report["images"] == 6 and set(report["metrics"]) == {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4",
                                                                  "ROUGE-L", "CIDEr-D"}
     assert all(c["caption"] for c in report["captions"])
-    # another vocabulary: one line naming the file
-    words = load_model(first)
+    photo = sorted((data / "images").glob("*.png"))[0]
+    run = _cli("caption", "--model", a, "--model", b, photo, root / "missing.png", "--out", root / "figs",
+               cache=cache)
+    assert run.returncode == 0 and f"{photo.name}: " in run.stdout  # the good file captioned, the bad reported
+    assert "missing.png" in run.stderr and "Traceback" not in run.stderr
+    (result,) = json.loads((root / "figs" / "captions.json").read_text())["captions"]
+    assert result["attention_of"] == "the map of 1 of its 2 decoders"  # the 4x4 grid's; b.pt attends over 3x3
+    assert len(result["attention"][0]) == 16 and len(result["files"]) >= 2  # captioned image + attention figure
+    # one file cannot hold two encoders: a one-line refusal, nothing written
+    run = _cli("export", a, b, root / "both.pt", cache=cache)
+    assert run.returncode != 0 and "a model file holds one encoder" in run.stderr and "Traceback" not in run.stderr
+    assert not (root / "both.pt").exists()
+    with pytest.raises(CaptionerError, match="holds one encoder"):
+        save_model(root / "both.pt", load_models([a, b]))
+
+
+def test_another_vocabulary_is_refused_in_one_line(two_encoders):
+    root, data, a, _ = two_encoders
+    words = load_model(a)
     words.vocab.itos = [*words.vocab.itos[:-1], "zebra"]
-    save_model(tmp_path / "c.pt", words)
-    bad = subprocess.run([*cmd[:3], str(tmp_path / "c.pt"), *cmd[4:]], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert bad.returncode != 0 and "c.pt: another vocabulary" in bad.stderr and "Traceback" not in bad.stderr
+    save_model(root / "c.pt", words)
+    run = _cli("evaluate", "--model", a, "--model", root / "c.pt", "--data", data, "--tokenizer", "python",
+               "--no-meteor", "--no-progress", cache=root / "cache")
+    assert run.returncode != 0 and "c.pt: cannot join an ensemble" in run.stderr and "Traceback" not in run.stderr

@@ -37,12 +37,16 @@ class CaptionModel:
     # an ensemble's members' own configs, in the order of decoder.members (empty: a single decoder, whose
     # config is ``config``); ``config`` then holds the decoding settings of the whole
     member_configs: list[Config] = field(default_factory=list)
+    # an ensemble across encoders (:func:`load_models`): the model files it joins, each with its own encoder;
+    # the decoders of sources[j] read feature group j ("j.grid", ...). Empty: one encoder for all.
+    sources: list["CaptionModel"] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
-        """What decodes, for people: "soft", or "ensemble of 2: soft + nic"."""
+        """What decodes, for people: "soft", or "ensemble of 2: soft + nic" (+ " on 2 encoders")."""
         types = [c.model.type for c in self.member_configs]
-        return f"ensemble of {len(types)}: {' + '.join(types)}" if types else self.config.model.type
+        encoders = f" on {len(self.sources)} encoders" if self.sources else ""
+        return f"ensemble of {len(types)}: {' + '.join(types)}{encoders}" if types else self.config.model.type
 
     def parts(self) -> list[tuple[Decoder, Config]]:
         """Each decoder with its own config: one pair, or an ensemble's members in order."""
@@ -58,8 +62,9 @@ class CaptionModel:
             raise CaptionerError(f"--member {n}: the model has {len(parts)} decoder(s) ({self.kind}); "
                                  f"choose 1 to {len(parts)}")
         decoder, config = parts[n - 1]
+        own = self.sources[self.decoder.feature_groups[n - 1]] if self.sources else self  # its encoder's file
         return CaptionModel(decoder, self.vocab, dataclasses.replace(config, decode=self.config.decode),
-                            self.encoder, dict(self.metrics), self.encoder_state)
+                            own.encoder, dict(self.metrics), own.encoder_state)
 
     def to(self, device: str | torch.device) -> "CaptionModel":
         """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""
@@ -67,11 +72,19 @@ class CaptionModel:
         return self
 
 
+def check_one_encoder(model: CaptionModel, path: str | Path) -> None:
+    """A model file holds one encoder: an ensemble across encoders stays its files."""
+    if model.sources:
+        raise file_error(path, f"cannot write an ensemble across {len(model.sources)} encoders: a model file "
+                         "holds one encoder (pass the files with --model each time instead)")
+
+
 def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_encoder: bool = False,
                int8_decoder: bool = False) -> Path:
     """Write ``model``; ``half``: floats in float16; ``int8_encoder`` / ``int8_decoder``: the carried encoder's
     or the decoder's weight matrices and convolutions in int8 (one scale per output channel), about a quarter
     of their float32 size. An ensemble (:func:`load_models`) is written as one file with all its decoders."""
+    check_one_encoder(model, path)
     if int8_encoder and model.encoder_state is None:
         raise file_error(path, "int8 encoder storage needs a model that carries its encoder's weights")
     decoders = []
@@ -211,9 +224,11 @@ def load_model(path: str | Path) -> CaptionModel:
 def load_models(paths: list[str | Path]) -> CaptionModel:
     """One model file, or several decoding as a test-time ensemble (:class:`EnsembleDecoder`).
 
-    The members must share the vocabulary and the encoder features (same encoder, weights, input size and
-    grid) and must not carry fine-tuned encoders; decoding settings come from the first. A file that holds an
-    ensemble already adds all its decoders.
+    The members must share the vocabulary; decoding settings come from the first. A file that holds an
+    ensemble already adds all its decoders. Files whose decoders read the same encoder features (same
+    encoder, weights, input size and grid, none carrying fine-tuned weights) share one encoder; otherwise the
+    ensemble runs across encoders: every file's decoders read the features of its own encoder
+    (``CaptionModel.sources``), at the cost of one encoder pass per file.
     """
     from captioner.decoders.ensemble import EnsembleDecoder
 
@@ -221,14 +236,16 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
     if len(models) == 1:
         return models[0]
     first = models[0]
-    keys = ("name", "weights", "input_size", "grid_size")
     for path, m in zip(paths[1:], models[1:], strict=True):
         if m.vocab != first.vocab:
             raise file_error(path, f"cannot join an ensemble with {paths[0]}: different vocabularies")
-        if any(m.encoder.get(k) != first.encoder.get(k) for k in keys):
-            raise file_error(path, f"cannot join an ensemble with {paths[0]}: features of another encoder")
-    if any(m.encoder_state is not None for m in models):
-        raise file_error(paths[0], "models with fine-tuned encoders cannot be ensembled")
-    parts = [part for m in models for part in m.parts()]  # an ensemble file's members join one by one
-    return CaptionModel(EnsembleDecoder([d for d, _ in parts]).eval(), first.vocab, first.config, first.encoder,
-                        {"ensemble": [str(p) for p in paths]}, member_configs=[c for _, c in parts])
+    keys = ("name", "weights", "input_size", "grid_size", "layer")
+    one_encoder = all(m.encoder_state is None and all(m.encoder.get(k) == first.encoder.get(k) for k in keys)
+                      for m in models)
+    parts, groups = [], []
+    for j, m in enumerate(models):  # an ensemble file's members join one by one
+        parts += m.parts()
+        groups += [j] * len(m.parts())
+    decoder = EnsembleDecoder([d for d, _ in parts], feature_groups=None if one_encoder else groups).eval()
+    return CaptionModel(decoder, first.vocab, first.config, first.encoder, {"ensemble": [str(p) for p in paths]},
+                        member_configs=[c for _, c in parts], sources=[] if one_encoder else models)

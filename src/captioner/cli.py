@@ -204,7 +204,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from captioner.checkpoint import load_models, save_model
+    from captioner.checkpoint import check_one_encoder, load_models, save_model
     from captioner.config import with_decode_settings
 
     *sources, out = args.files
@@ -213,6 +213,7 @@ def cmd_export(args) -> None:
     model = load_models(sources)  # several: one file holding the whole ensemble
     if args.member:  # one decoder out of an ensemble
         model = model.member(args.member)
+    check_one_encoder(model, out)
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model.config = with_decode_settings(model.config, args.set)
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features

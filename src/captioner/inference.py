@@ -16,9 +16,21 @@ from captioner.metrics.coco import METRIC_NAMES, score_corpus
 log = logging.getLogger("captioner")
 
 
+class EncoderGroup:
+    """The encoders of an ensemble across encoders, one per model file: :func:`encode_images` runs each and
+    names its features by the file's index ("0.grid", "1.grid", ...), as the ensemble's decoders read them."""
+
+    def __init__(self, encoders: list):
+        self.encoders = encoders
+
+
 def model_encoder(model: CaptionModel, weights: str | None = None):
     """The encoder a model was trained on (same name, weights, input size and grid), on the device of the
-    model's decoder."""
+    model's decoder; an :class:`EncoderGroup` for an ensemble across encoders."""
+    if model.sources:
+        if weights:
+            raise CaptionerError("an ensemble across encoders takes each file's own encoder weights")
+        return EncoderGroup([model_encoder(source) for source in model.sources])
     e = model.config.encoder
     fine_tuned = model.encoder_state is not None
     encoder = create_encoder(e.name, weights="none" if fine_tuned else (weights or e.weights),
@@ -98,7 +110,11 @@ def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_le
 
 def encode_images(encoder, images: list, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """Encoder features of PIL images, computed now (no cache): {"global": [N, D], "grid": [N, L, C]}, on
-    the encoder's device, in float32 (a few images: no fp16 autocast here, unlike feature extraction)."""
+    the encoder's device, in float32 (a few images: no fp16 autocast here, unlike feature extraction).
+    An :class:`EncoderGroup` gives every encoder's, as {"0.global": .., "0.grid": .., "1.global": .., ...}."""
+    if isinstance(encoder, EncoderGroup):
+        return {f"{j}.{k}": v for j, one in enumerate(encoder.encoders)
+                for k, v in encode_images(one, images, batch_size).items()}
     encoder.freeze()
     device = module_device(encoder)
     tensors = [encoder.preprocess(img) for img in images]  # [3, S, S] each
@@ -115,21 +131,33 @@ def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
     out = {"caption": " ".join(words), "tokens": words, "score": hyp.score, "finished": hyp.finished}
     if hyp.alphas is not None:
         out["attention"] = hyp.alphas.tolist()
-        if model.member_configs:  # an ensemble's map per word is its attention members' mean
-            out["attention_of"] = f"the mean map of {len(model.member_configs)} decoders"
+        if model.member_configs:  # an ensemble's map per word is its attention members' mean (on one grid)
+            n, total = _attending(model, len(hyp.alphas[0])), len(model.member_configs)
+            out["attention_of"] = f"the mean map of {n} decoders" if n > 1 else f"the map of 1 of its {total} decoders"
     if hyp.locs is not None:
         out["locations"] = hyp.locs
     return out
+
+
+def _attending(model: CaptionModel, positions: int) -> int:
+    """How many of an ensemble's decoders attend over a grid of ``positions`` cells (their maps are averaged)."""
+    groups = model.decoder.feature_groups or [None] * len(model.decoder.members)
+    grids = [(model.sources[g] if g is not None else model).encoder.get("grid_size") for g in groups]
+    return sum(1 for m, grid in zip(model.decoder.members, grids, strict=True)
+               if m.has_attention and (grid is None or grid * grid == positions))
 
 
 def split_features(model: CaptionModel, data: str | Path, split: str = "val", cache_root: str | Path | None = None,
                    limit: int | None = None, progress: bool = True) -> tuple[list, dict[str, torch.Tensor], list[str]]:
     """The images of a split that the model can caption, their encoder features and the names of the images
     that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Features come from the cache, or
-    from the model's own encoder when it carries one (fine-tuned: its features are in no cache)."""
+    from the model's own encoder when it carries one (fine-tuned: its features are in no cache). An ensemble
+    across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}."""
     from captioner.data.readers import load_dataset
     from captioner.training.train import load_features, split_rows
 
+    if model.sources:
+        return _group_features(model, data, split, cache_root, limit, progress)
     if model.encoder_state is not None:
         dataset = load_dataset(data)
         by_path = {r.image: r for r in dataset.records if r.split == split}
@@ -148,6 +176,21 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
     return chosen, feats, failed
+
+
+def _group_features(model: CaptionModel, data, split, cache_root, limit, progress):
+    """:func:`split_features` for an ensemble across encoders: each file's, on the images all of them read."""
+    per_source = [split_features(source, data, split, cache_root, limit, progress) for source in model.sources]
+    common = set.intersection(*({r.name for r in chosen} for chosen, _, _ in per_source))
+    chosen = [r for r in per_source[0][0] if r.name in common]
+    feats = {}
+    for j, (records, f, _) in enumerate(per_source):
+        rows = {r.name: i for i, r in enumerate(records)}
+        index = torch.tensor([rows[r.name] for r in chosen])
+        feats |= {f"{j}.{k}": v[index] for k, v in f.items()}  # [n, ...] in the order of ``chosen``
+    unread = {name for _, _, bad in per_source for name in bad}  # by any encoder: not scored
+    unread |= {r.name for records, _, _ in per_source for r in records} - common
+    return chosen, feats, sorted(unread)
 
 
 def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,

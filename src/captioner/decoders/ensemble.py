@@ -4,7 +4,7 @@ At every step the members' word distributions are averaged (in probability, not 
 attention shown for a word is the members' mean map. Members must share the vocabulary; they may be of
 different types (e.g. soft + hard + NIC). They read the same encoder features, or, with ``feature_groups``,
 each its own encoder's: member i then reads the entries ``"{feature_groups[i]}.grid"`` (etc.) of the features
-(scripts/cross_encoder_ensemble.py: models on different encoders).
+(``load_models`` of files on different encoders: an ensemble across encoders).
 """
 
 import math
@@ -53,8 +53,8 @@ class EnsembleDecoder(Decoder):
             if alpha is not None:
                 alphas.append(alpha)
         mean = torch.logsumexp(torch.stack(logps), dim=0) - math.log(len(logps))  # log of the mean probability
-        alpha = torch.stack(alphas).mean(0) if alphas and len({a.shape for a in alphas}) == 1 else \
-            (alphas[0] if alphas else None)
+        # the map shown: the mean of the maps on the first attending member's grid (across encoders, grids differ)
+        alpha = torch.stack([a for a in alphas if a.shape == alphas[0].shape]).mean(0) if alphas else None
         return mean, self._join(states), alpha
 
     def step_logits(self, ctx: State, state: State, prev: Tensor):
