@@ -1,7 +1,9 @@
 """`captioner evaluate` end to end: 1000 val images from cached features, beam 5, every metric but METEOR.
 
     python benchmarks/evaluate.py --model M.pt    # Flickr8k val (../shared/data/flickr8k), features cached
-    python benchmarks/evaluate.py                 # the same with the model shipped in the package
+    python benchmarks/evaluate.py                 # the model shipped in the package: it carries its own
+                                                  # (fine-tuned) encoder, so the images are encoded too
+                                                  # (no feature cache): not the setup of the target below
     python benchmarks/evaluate.py --quick         # 100 synthetic images, an untrained model (a smoke run)
 
 Runs the real command in a subprocess and times all of it (start-up, loading, beam search, PTB
