@@ -12,9 +12,17 @@ import torch
 
 from captioner.checkpoint import load_model, load_models, save_model
 from captioner.data.synth import make_synth
+from captioner.decoding import Hypothesis
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
-from captioner.inference import caption_files, decode_batches, encode_images, model_encoder, read_images
+from captioner.inference import (
+    caption_files,
+    decode_batches,
+    encode_images,
+    hypothesis_dict,
+    model_encoder,
+    read_images,
+)
 from conftest import untrained_model_file
 
 
@@ -58,6 +66,11 @@ def test_each_file_decodes_on_its_own_encoders_features(two_encoders):
     hyps = decode_batches(second, own_b, beam_size=2, max_len=6)  # its decoder on b.pt's own features
     results, failures = caption_files(second, sorted((data / "images").glob("*.png"))[:3], beam_size=2, max_len=6)
     assert not failures and [r["tokens"] for r in results] == [model.vocab.decode(h.tokens) for h in hyps]
+    # an empty caption (an untrained model may end at once) has no map; its description still holds
+    for alphas in (torch.zeros(0), torch.zeros(0, 16)):
+        out = hypothesis_dict(model, Hypothesis([], -1.0, True, alphas))
+        assert out["caption"] == "" and out["attention_of"] in ("the mean map of 2 decoders",
+                                                                "the map of 1 of its 2 decoders")
 
 
 def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders):

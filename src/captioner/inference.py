@@ -132,19 +132,21 @@ def hypothesis_dict(model: CaptionModel, hyp: Hypothesis) -> dict:
     if hyp.alphas is not None:
         out["attention"] = hyp.alphas.tolist()
         if model.member_configs:  # an ensemble's map per word is its attention members' mean (on one grid)
-            n, total = _attending(model, len(hyp.alphas[0])), len(model.member_configs)
+            positions = hyp.alphas.shape[-1] if hyp.alphas.dim() == 2 else None  # None: no word, no map
+            n, total = _attending(model, positions), len(model.member_configs)
             out["attention_of"] = f"the mean map of {n} decoders" if n > 1 else f"the map of 1 of its {total} decoders"
     if hyp.locs is not None:
         out["locations"] = hyp.locs
     return out
 
 
-def _attending(model: CaptionModel, positions: int) -> int:
-    """How many of an ensemble's decoders attend over a grid of ``positions`` cells (their maps are averaged)."""
+def _attending(model: CaptionModel, positions: int | None) -> int:
+    """How many of an ensemble's decoders attend over a grid of ``positions`` cells (their maps are averaged;
+    None: any grid)."""
     groups = model.decoder.feature_groups or [None] * len(model.decoder.members)
     grids = [(model.sources[g] if g is not None else model).encoder.get("grid_size") for g in groups]
     return sum(1 for m, grid in zip(model.decoder.members, grids, strict=True)
-               if m.has_attention and (grid is None or grid * grid == positions))
+               if m.has_attention and (grid is None or positions is None or grid * grid == positions))
 
 
 def split_features(model: CaptionModel, data: str | Path, split: str = "val", cache_root: str | Path | None = None,
