@@ -9,7 +9,8 @@ with coco-caption:
             permutation of the locations, so the map is as sharp as before but points elsewhere;
   uniform   every location weighted 1/L (the mean-pooled context; a hard-attention model is given that
             expected context instead of a sampled location).
-  expected  (hard attention only) the learned maps, but the expected context instead of the argmax location.
+  expected / argmax  (hard attention only) the learned maps, with the other context at decoding time than the
+            model's own (model.hard_inference): the expected context, or the argmax location.
 If attention learned nothing useful, "shuffled" scores like "learned". Also printed: the mean entropy of the
 learned maps over the decoded words (ln 49 = 3.89 nats is uniform). Writes a JSON report with --out.
 """
@@ -47,8 +48,8 @@ def tamper(decoder, mode: str, n_loc: int, seed: int = 0) -> None:
                                                    device=h.device)  # [B, L]
         if hasattr(decoder, "hard_inference"):  # argmax of a flat map is meaningless: use its expectation
             decoder.hard_inference = "expected"
-    elif mode == "expected":
-        decoder.hard_inference = "expected"
+    elif mode in ("expected", "argmax"):
+        decoder.hard_inference = mode
     else:
         raise ValueError(mode)
 
@@ -61,7 +62,9 @@ def check(model_path: Path, data: Path, beam: int, limit: int | None) -> dict:
     chosen, rows = split_rows(records, cache, "val", limit)
     global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
     references = {r.name: r.captions_raw for r in chosen}
-    modes = ["learned", "shuffled", "uniform"] + (["expected"] if model.config.model.type == "hard" else [])
+    modes = ["learned", "shuffled", "uniform"]
+    if model.config.model.type == "hard":  # and with the other decoding-time context than its own
+        modes.append("argmax" if model.config.model.hard_inference == "expected" else "expected")
     results = {}
     for mode in modes:
         model = load_model(model_path)  # fresh each time: tamper() changes the decoder

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import default_model_path, load_model
+from captioner.checkpoint import default_model_path, load_model, with_settings
 from captioner.cli import add_decode_set
-from captioner.config import with_decode_settings
 from captioner.inference import decode_batches, split_features
 from captioner.metrics.coco import score_corpus
 
@@ -33,7 +32,7 @@ def main() -> None:
     args = p.parse_args()
     model = load_model(args.model or default_model_path())
     if args.set:
-        model.config = with_decode_settings(model.config, args.set)
+        model = with_settings(model, args.set)
     chosen, feats, _ = split_features(model, args.data, args.split, progress=False)  # [n, D], [n, L, C]
     refs = {r.name: r.captions_raw for r in chosen}
 

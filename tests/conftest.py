@@ -33,7 +33,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def untrained_model_file(path: Path, kind: str = "soft") -> Path:
+def untrained_model_file(path: Path, kind: str = "soft", hard_inference: str | None = None) -> Path:
     """An untrained model on the tiny encoder (synth_KIND config): enough to exercise commands end to end.
 
     Its <end> logit is pushed down so that it always says some words (up to the decoder's max_len): an
@@ -44,7 +44,7 @@ def untrained_model_file(path: Path, kind: str = "soft") -> Path:
     from captioner.data.vocab import Vocab
     from captioner.encoders import create_encoder
 
-    cfg = load_config(f"synth_{kind}")
+    cfg = load_config(f"synth_{kind}", [f"model.hard_inference={hard_inference}"] if hard_inference else None)
     vocab = Vocab.build([["a", "red", "circle", "above", "a", "blue", "square"]])
     enc = create_encoder("tiny", weights="none")
     decoder = build_decoder(cfg.model, len(vocab), enc.global_dim, enc.grid_dim).eval()

@@ -36,7 +36,7 @@ def test_shuffled_maps_are_the_learned_maps_moved_elsewhere(kind):
 
 
 def test_uniform_maps_give_the_mean_pooled_context():
-    soft, hard = small_decoder("soft").eval(), small_decoder("hard").eval()
+    soft, hard = small_decoder("soft").eval(), small_decoder("hard", hard_inference="argmax").eval()
     for decoder in (soft, hard):
         attention_check.tamper(decoder, "uniform", LOCATIONS)
         hyps = _decode(decoder, random_feats(2))

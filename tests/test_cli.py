@@ -165,6 +165,40 @@ def test_decoding_settings_for_one_run(model_file, tmp_path, capsys):
     assert "only decode.KEY=VALUE settings" in capsys.readouterr().err
 
 
+def test_hard_attention_context_can_be_chosen_per_run(model_file, tmp_path, capsys):
+    """--set model.hard_inference reaches every hard-attention decoder of an ensemble (decoder and config, so an
+    export keeps it); a model with no hard decoder, or an unknown mode, is a one-line error."""
+    from captioner.checkpoint import load_model, load_models, with_settings
+
+    hard_file = untrained_model_file(tmp_path / "hard.pt", "hard")
+    assert load_model(hard_file).decoder.hard_inference == "expected"  # the default
+    model = with_settings(load_models([model_file, hard_file]), ["model.hard_inference=argmax",
+                                                                 "decode.block_ngram=3"])
+    soft, hard = model.decoder.members
+    assert hard.hard_inference == "argmax" and not hasattr(soft, "hard_inference")
+    assert [c.model.hard_inference for c in model.member_configs] == ["expected", "argmax"]
+    assert model.config.decode.block_ngram == 3
+    out = tmp_path / "argmax.pt"
+    main(["export", str(model_file), str(hard_file), str(out), "--set", "model.hard_inference=argmax"])
+    assert load_model(out).decoder.members[1].hard_inference == "argmax"
+    image = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(image)
+    for bad, message in (("argmax", "has no hard-attention decoder"),
+                         ("nearest", "model.hard_inference must be argmax, expected or sample")):
+        with pytest.raises(SystemExit):
+            main(["caption", "--model", str(model_file), "--set", f"model.hard_inference={bad}", str(image)])
+        assert message in capsys.readouterr().err
+
+
+def test_models_saved_before_the_expected_context_default_keep_argmax():
+    from captioner.config import Config
+
+    old = Config().to_dict()
+    old["model"].pop("hard_inference")  # a config written before the setting existed
+    assert Config.from_saved(old).model.hard_inference == "argmax"
+    assert Config().model.hard_inference == "expected"
+
+
 def test_export_embeds_a_local_weights_encoder_and_stores_it_in_int8(model_file, tmp_path, capsys):
     """`export --embed-encoder --int8-encoder`: a model trained on a local weights file's features runs without
     that file, its encoder weights in int8 (one scale per output channel) giving the same features closely."""

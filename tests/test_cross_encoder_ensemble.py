@@ -73,6 +73,27 @@ def test_each_file_decodes_on_its_own_encoders_features(two_encoders):
                                                                 "the map of 1 of its 2 decoders")
 
 
+def test_files_carrying_the_same_encoder_share_it(two_encoders, tmp_path):
+    """Two files with the same embedded encoder weights read one encoder's features (one pass, and the pair
+    can be written as one file); a third on other features makes a second group, not a third."""
+    root, data, a, b = two_encoders
+    twin = tmp_path / "b2.pt"
+    save_model(twin, load_model(b))  # same encoder weights, another file
+    pair = load_models([b, twin])
+    assert not pair.sources and pair.encoder_state is not None and pair.kind == "ensemble of 2: soft + soft"
+    images = [img for img in read_images(sorted((data / "images").glob("*.png"))[:2])[0]]
+    torch.testing.assert_close(encode_images(model_encoder(pair), images)["grid"],
+                               encode_images(model_encoder(load_model(b)), images)["grid"])
+    save_model(tmp_path / "pair.pt", pair)  # one encoder: one file holds it
+    assert load_model(tmp_path / "pair.pt").encoder_state is not None
+    three = load_models([b, a, twin])
+    assert len(three.sources) == 2 and three.decoder.feature_groups == [0, 1, 0]
+    assert three.kind == "ensemble of 3: soft + soft + soft on 2 encoders"
+    half = tmp_path / "b_half.pt"
+    save_model(half, load_model(b), half=True)  # float16 weights: not the same features, its own group
+    assert len(load_models([b, half]).sources) == 2
+
+
 def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders):
     root, data, a, b = two_encoders
     cache = root / "cache"
@@ -108,3 +129,31 @@ def test_another_vocabulary_is_refused_in_one_line(two_encoders):
     run = _cli("evaluate", "--model", a, "--model", root / "c.pt", "--data", data, "--tokenizer", "python",
                "--no-meteor", "--no-progress", cache=root / "cache")
     assert run.returncode != 0 and "c.pt: cannot join an ensemble" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_serve_offers_an_ensemble_across_encoders(two_encoders, tmp_path):
+    """`serve --model best=a.pt+b.pt`: the files caption as one ensemble in the demo, each on its own encoder."""
+    import io
+
+    from fastapi.testclient import TestClient
+    from PIL import Image
+
+    from captioner.cli import serve_models
+    from captioner.serve.app import create_app
+
+    root, data, a, b = two_encoders
+    plus = tmp_path / "odd+name.pt"
+    plus.write_bytes(a.read_bytes())
+    models = serve_models([f"best={a}+{b}", str(plus), f"one={a}"])
+    assert models == {"best": [str(a), str(b)], "odd+name": str(plus), "one": str(a)}
+    buf = io.BytesIO()
+    Image.new("RGB", (90, 60), (30, 200, 30)).save(buf, format="PNG")
+    with TestClient(create_app(models)) as client:
+        listed = client.get("/api/models").json()["models"]
+        assert listed[0] == {"name": "best", "file": "a.pt + b.pt"}
+        r = client.post("/api/caption", files={"file": ("p.png", buf.getvalue(), "image/png")},
+                        data={"model": "best", "beam_size": "2"})
+        assert r.status_code == 200, r.text
+        assert r.json()["model_type"] == "ensemble of 2: soft + soft on 2 encoders"
+    with pytest.raises(CaptionerError, match="no such model file"):
+        create_app({"x": [a, tmp_path / "missing.pt"]})

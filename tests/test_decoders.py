@@ -137,13 +137,34 @@ def test_hard_attention_reward_per_caption_or_per_word(reward, ratio):
     assert ratio[0] < baselines[1] / baselines[0] < ratio[1]
 
 
-def test_hard_attention_uses_one_location_at_inference():
-    dec = small_decoder("hard").eval()
+def test_hard_attention_uses_one_location_at_inference_with_argmax():
+    dec = small_decoder("hard", hard_inference="argmax").eval()
     feats = random_feats(2)
     ctx = dec.encode(feats)
     state = dec.init_state(ctx)
     _, state, alpha = dec.step(ctx, state, torch.tensor([1, 1]))
     assert torch.equal(state["loc"], alpha.argmax(1))
+
+
+def test_hard_attention_decodes_with_the_expected_context_by_default():
+    """The default (Xu et al.'s generate_caps.py): at decoding time z_t = sum_i alpha_ti a_i, so a hard decoder
+    steps exactly as a soft decoder with the same weights; with argmax it takes one cell instead."""
+    torch.manual_seed(0)
+    hard = small_decoder("hard").eval()
+    soft = small_decoder("soft").eval()
+    soft.load_state_dict({k: v for k, v in hard.state_dict().items() if k in soft.state_dict()})
+    feats, words = random_feats(2), torch.tensor([1, 1])
+    outs = []
+    for dec in (hard, soft):
+        ctx = dec.encode(feats)
+        logits, state, alpha = dec.step(ctx, dec.init_state(ctx), words)
+        outs.append((logits, alpha, state))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    assert "loc" not in outs[0][2]
+    hard.hard_inference = "argmax"
+    ctx = hard.encode(feats)
+    argmax_logits, _, _ = hard.step(ctx, hard.init_state(ctx), words)
+    assert not torch.allclose(argmax_logits, outs[0][0])
 
 
 def test_uniform_attention_is_uniform_and_has_no_attention_gradient():

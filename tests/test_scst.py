@@ -37,7 +37,7 @@ def test_reward_equals_pycocoevalcap_ciderd():
 
 @pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
 def test_sampled_captions_carry_their_log_probability(kind):
-    dec = small_decoder(kind).eval()  # no dropout; hard attention at its argmax location
+    dec = small_decoder(kind).eval()  # no dropout; hard attention with its expected context
     feats = random_feats(3)
     words, logp_sum, lengths = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
     assert words.shape[0] == 12 and logp_sum.shape == (12,) and logp_sum.requires_grad
@@ -69,9 +69,14 @@ def test_sampled_hard_attention_locations_join_the_score_function(monkeypatch):
     assert bool((logp_sum < words_only).all())  # plus log p(locations) < 0
     dec.zero_grad(set_to_none=True)
     dec.eval()
+    dec.hard_inference = "argmax"
     _, logp_argmax, _ = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
     logp_argmax.sum().backward()
     assert dec.att_score.weight.grad is None  # argmax locations: no path from the words to the attention
+    dec.hard_inference = "expected"  # the expected context: differentiable in alpha, nothing drawn either
+    _, logp_expected, _ = sample_captions(dec, feats, 1, 2, n=4, max_len=9)
+    logp_expected.sum().backward()
+    assert dec.att_score.weight.grad.abs().sum() > 0
 
 
 def _epochs(path, key):

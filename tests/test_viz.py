@@ -110,10 +110,12 @@ def test_attention_figures_soft_hard_and_odd_inputs(tmp_path):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("nic", "soft", "hard")}
+    models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("nic", "soft", "hard")}
+    models["hard_argmax"] = untrained_model_file(root / "hard_argmax.pt", "hard", hard_inference="argmax")
+    return models
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "hard_argmax"])
 def test_caption_out_writes_figures_for_a_batch(models, kind, tmp_path, capsys):
     photos = tmp_path / "photos"
     (photos / "more").mkdir(parents=True)
@@ -134,5 +136,7 @@ def test_caption_out_writes_figures_for_a_batch(models, kind, tmp_path, capsys):
         assert (out / f"{stem}.attention.png").exists() == (kind != "nic")
     if kind == "nic":
         assert "no attention map" in err
-    if kind == "hard":
+    if kind == "hard_argmax":  # the cell used for each word; with the expected context (default) none
         assert all(len(c["locations"]) == len(c["tokens"]) for c in report["captions"])
+    else:
+        assert all("locations" not in c for c in report["captions"])

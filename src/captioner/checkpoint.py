@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.config import Config
+from captioner.config import Config, with_decode_settings
 from captioner.data.vocab import Vocab
 from captioner.decoders import Decoder, build_decoder
 from captioner.errors import CaptionerError, file_error
@@ -37,8 +37,8 @@ class CaptionModel:
     # an ensemble's members' own configs, in the order of decoder.members (empty: a single decoder, whose
     # config is ``config``); ``config`` then holds the decoding settings of the whole
     member_configs: list[Config] = field(default_factory=list)
-    # an ensemble across encoders (:func:`load_models`): the model files it joins, each with its own encoder;
-    # the decoders of sources[j] read feature group j ("j.grid", ...). Empty: one encoder for all.
+    # an ensemble across encoders (:func:`load_models`): one of the model files it joins per distinct encoder;
+    # the decoders of group j read feature group j ("j.grid", ...). Empty: one encoder for all.
     sources: list["CaptionModel"] = field(default_factory=list)
 
     @property
@@ -70,6 +70,35 @@ class CaptionModel:
         """Move the decoder (and with it the encoder :func:`~captioner.inference.model_encoder` builds)."""
         self.decoder.to(device)
         return self
+
+
+def with_settings(model: CaptionModel, overrides: list[str]) -> CaptionModel:
+    """``model`` decoding with ``--set`` overrides (:func:`~captioner.config.with_decode_settings`): decode.*
+    for the whole, and model.hard_inference for every hard-attention decoder in it."""
+    model.config = with_decode_settings(model.config, overrides)
+    if any(o.partition("=")[0] == "model.hard_inference" for o in overrides):
+        set_hard_inference(model, model.config.model.hard_inference)  # (validated by with_decode_settings)
+    return model
+
+
+def set_hard_inference(model: CaptionModel, mode: str) -> None:
+    """Decode every hard-attention decoder of ``model`` with ``mode``'s context: argmax | expected | sample."""
+    parts = model.parts()
+    if not any(c.model.type == "hard" for _, c in parts):
+        raise CaptionerError(f"--set model.hard_inference={mode}: the model ({model.kind}) has no hard-attention "
+                             "decoder")
+
+    def changed(c: Config) -> Config:
+        return dataclasses.replace(c, model=dataclasses.replace(c.model, hard_inference=mode)) \
+            if c.model.type == "hard" else c
+
+    for decoder, config in parts:
+        if config.model.type == "hard":
+            decoder.hard_inference = mode
+    model.member_configs = [changed(c) for c in model.member_configs]
+    for source in model.sources:  # (their decoders are the ensemble's own)
+        source.config = changed(source.config)
+        source.member_configs = [changed(c) for c in source.member_configs]
 
 
 def check_one_encoder(model: CaptionModel, path: str | Path) -> None:
@@ -225,10 +254,10 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
     """One model file, or several decoding as a test-time ensemble (:class:`EnsembleDecoder`).
 
     The members must share the vocabulary; decoding settings come from the first. A file that holds an
-    ensemble already adds all its decoders. Files whose decoders read the same encoder features (same
-    encoder, weights, input size and grid, none carrying fine-tuned weights) share one encoder; otherwise the
-    ensemble runs across encoders: every file's decoders read the features of its own encoder
-    (``CaptionModel.sources``), at the cost of one encoder pass per file.
+    ensemble already adds all its decoders. Files whose decoders read the same encoder features
+    (:func:`same_features`) share one encoder; when there are several such groups the ensemble runs across
+    encoders: every decoder reads the features of its own file's encoder (``CaptionModel.sources``, one file
+    per group), at the cost of one encoder pass per group.
     """
     from captioner.decoders.ensemble import EnsembleDecoder
 
@@ -239,13 +268,28 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
     for path, m in zip(paths[1:], models[1:], strict=True):
         if m.vocab != first.vocab:
             raise file_error(path, f"cannot join an ensemble with {paths[0]}: different vocabularies")
-    keys = ("name", "weights", "input_size", "grid_size", "layer")
-    one_encoder = all(m.encoder_state is None and all(m.encoder.get(k) == first.encoder.get(k) for k in keys)
-                      for m in models)
-    parts, groups = [], []
-    for j, m in enumerate(models):  # an ensemble file's members join one by one
+    sources, parts, groups = [], [], []
+    for m in models:  # an ensemble file's members join one by one
+        group = next((g for g, s in enumerate(sources) if same_features(s, m)), None)
+        if group is None:
+            sources.append(m)
+            group = len(sources) - 1
         parts += m.parts()
-        groups += [j] * len(m.parts())
+        groups += [group] * len(m.parts())
+    one_encoder = len(sources) == 1
     decoder = EnsembleDecoder([d for d, _ in parts], feature_groups=None if one_encoder else groups).eval()
     return CaptionModel(decoder, first.vocab, first.config, first.encoder, {"ensemble": [str(p) for p in paths]},
-                        member_configs=[c for _, c in parts], sources=[] if one_encoder else models)
+                        encoder_state=first.encoder_state if one_encoder else None,
+                        member_configs=[c for _, c in parts], sources=[] if one_encoder else sources)
+
+
+def same_features(a: CaptionModel, b: CaptionModel) -> bool:
+    """Whether two models' decoders read the same encoder features: the same encoder, weights, input size,
+    grid and layer, and the same fine-tuned weights if they carry any (equal tensors of the same type)."""
+    keys = ("name", "weights", "input_size", "grid_size", "layer")
+    if any(a.encoder.get(k) != b.encoder.get(k) for k in keys):
+        return False
+    if a.encoder_state is None or b.encoder_state is None:
+        return a.encoder_state is None and b.encoder_state is None
+    return a.encoder_state.keys() == b.encoder_state.keys() and all(
+        v.dtype == b.encoder_state[k].dtype and torch.equal(v, b.encoder_state[k]) for k, v in a.encoder_state.items())

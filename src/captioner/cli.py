@@ -80,17 +80,16 @@ def cmd_train(args) -> None:
 
 
 def model_from_args(args):
-    """The --model file(s) (an ensemble when repeated; the shipped model when none), with --set decode.* applied."""
-    from captioner.checkpoint import default_model_path, load_models
-    from captioner.config import with_decode_settings
+    """The --model file(s) (an ensemble when repeated; the shipped model when none), with --set applied."""
+    from captioner.checkpoint import default_model_path, load_models, with_settings
     from captioner.devices import pick_device
 
     model = load_models(args.model or [default_model_path()])
     if args.member:  # one decoder of an ensemble, alone: its own caption and attention
         model = model.member(args.member)
     model = model.to(pick_device(args.device))
-    if args.set:  # decoding settings for this run (n-gram blocking, length penalty, ...)
-        model.config = with_decode_settings(model.config, args.set)
+    if args.set:  # decoding settings for this run (n-gram blocking, length penalty, hard attention's context)
+        model = with_settings(model, args.set)
     return model
 
 
@@ -187,8 +186,19 @@ def cmd_serve(args) -> None:
     from captioner.devices import pick_device
     from captioner.serve.app import create_app
 
+    models = serve_models(args.model or [str(default_model_path())])
+    app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)))
+    print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
+          flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def serve_models(specs: list[str]) -> dict:
+    """``serve --model`` values ([NAME=]PATH, PATH may be A.pt+B.pt) -> {name: path or list of paths}."""
+    from captioner.checkpoint import default_model_path
+
     models = {}
-    for spec in args.model or [str(default_model_path())]:
+    for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep:  # a bare path: named after its run folder (runs/soft_lite0/model.pt -> soft_lite0)
             path = spec
@@ -196,16 +206,13 @@ def cmd_serve(args) -> None:
             name = "shipped" if Path(spec) == default_model_path() else name
         if name in models:
             raise CaptionerError(f"serve: two models named '{name}'; name them with --model NAME=PATH")
-        models[name] = path
-    app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)))
-    print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # NAME=A.pt+B.pt: the files caption as one ensemble (a file whose own name holds "+" stays one file)
+        models[name] = path if Path(path).is_file() or "+" not in path else path.split("+")
+    return models
 
 
 def cmd_export(args) -> None:
-    from captioner.checkpoint import check_one_encoder, load_models, save_model
-    from captioner.config import with_decode_settings
+    from captioner.checkpoint import check_one_encoder, load_models, save_model, with_settings
 
     *sources, out = args.files
     if not sources:
@@ -215,7 +222,7 @@ def cmd_export(args) -> None:
         model = model.member(args.member)
     check_one_encoder(model, out)
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
-        model.config = with_decode_settings(model.config, args.set)
+        model = with_settings(model, args.set)
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
         from captioner.inference import model_encoder
 
@@ -232,8 +239,8 @@ def cmd_export(args) -> None:
 
 def add_decode_set(s) -> None:
     s.add_argument("--set", action="append", default=[], metavar="decode.KEY=VALUE",
-                   help="decoding setting for this run, e.g. --set decode.block_ngram=3 or "
-                        "--set decode.length_penalty=1.0 (repeatable)")
+                   help="decoding setting for this run, e.g. --set decode.block_ngram=3, "
+                        "--set decode.length_penalty=1.0 or --set model.hard_inference=argmax (repeatable)")
 
 
 def add_member(s, what: str) -> None:
@@ -338,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="start the local web demo and JSON API (POST /api/caption)")
     s.add_argument("--model", action="append", metavar="[NAME=]PATH",
-                   help="model file to offer (repeatable; default: the model shipped with captioner)")
+                   help="model file to offer (repeatable; default: the model shipped with captioner); "
+                        "NAME=A.pt+B.pt offers the files as one ensemble, across encoders too")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")

@@ -15,8 +15,9 @@ from sampled captions: a known failure of existing hard-attention code.
 The reward is log p(y|s,a) per word (``reinforce_reward="word"``, the default, as in the authors' released
 code) or of the whole caption (``"caption"``, eq. 11 as printed).
 
-At decoding time the location is, by ``hard_inference``: the argmax of alpha (default), a sample, or the
-expected context.
+At decoding time the context is, by ``hard_inference``: the expected context sum_i alpha_i a_i (the default:
+what the authors' released generate_caps.py decodes with, its sampling=False path), the grid cell at the argmax
+of alpha, or a sampled cell.
 """
 
 import torch
@@ -29,7 +30,7 @@ from captioner.decoders.soft import SoftAttentionDecoder, _entropy
 class HardAttentionDecoder(SoftAttentionDecoder):
     def __init__(self, *args, reinforce_weight: float = 1.0, entropy_weight: float = 0.002,
                  baseline_decay: float = 0.9, expected_context_prob: float = 0.5,
-                 hard_inference: str = "argmax", reinforce_reward: str = "word", **kwargs):
+                 hard_inference: str = "expected", reinforce_reward: str = "word", **kwargs):
         super().__init__(*args, **kwargs)
         self.reinforce_weight = reinforce_weight
         self.entropy_weight = entropy_weight

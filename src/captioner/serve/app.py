@@ -43,7 +43,7 @@ class ApiError(Exception):
 
 @dataclass
 class LoadedModel:
-    path: Path
+    paths: list[Path]  # one model file, or several joined as an ensemble (across encoders too)
     model: object = None
     encoder: object = None
     device: str = "cpu"
@@ -52,23 +52,27 @@ class LoadedModel:
     def get(self):
         with self.lock:
             if self.model is None:
-                from captioner.checkpoint import load_model
+                from captioner.checkpoint import load_models
                 from captioner.inference import model_encoder
 
-                self.model = load_model(self.path).to(self.device)
+                self.model = load_models(self.paths).to(self.device)
                 self.encoder = model_encoder(self.model)
         return self
 
 
-def create_app(models: dict[str, str | Path], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
+def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
                samples: Path = SAMPLES, device: str = "cpu") -> FastAPI:
-    """The demo app for the named model files (the first is the default), run on ``device``."""
+    """The demo app for the named models (the first is the default), run on ``device``: each a model file, or a
+    list of files that caption as one ensemble (as ``captioner caption --model a --model b``)."""
     if not models:
         raise CaptionerError("serve: no model to serve")
-    for name, path in models.items():
-        if not Path(path).is_file():
-            raise CaptionerError(f"{path}: no such model file (model '{name}')")
-    loaded = {name: LoadedModel(Path(path), device=device) for name, path in models.items()}
+    loaded = {}
+    for name, spec in models.items():
+        paths = [Path(p) for p in (spec if isinstance(spec, list | tuple) else [spec])]
+        for path in paths:
+            if not path.is_file():
+                raise CaptionerError(f"{path}: no such model file (model '{name}')")
+        loaded[name] = LoadedModel(paths, device=device)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
 
@@ -102,7 +106,7 @@ def create_app(models: dict[str, str | Path], max_upload_mb: float = 10.0, max_p
 
     @app.get("/api/models")
     def list_models():
-        return {"models": [{"name": name, "file": m.path.name} for name, m in loaded.items()],
+        return {"models": [{"name": name, "file": " + ".join(p.name for p in m.paths)} for name, m in loaded.items()],
                 "default": next(iter(loaded)), "beam_sizes": list(BEAM_SIZES)}
 
     @app.get("/api/samples")

@@ -1,7 +1,8 @@
 """Per-word attention figures: where the model looked when it said each word.
 
 - soft attention: the alpha map of each word, upsampled and smoothed, as a heat map over the photo;
-- hard attention: the location the model used for each word (outlined cell) with its alpha map beside it;
+- hard attention decoded at one location per word (``model.hard_inference`` argmax or sample): that location
+  (outlined cell) with its alpha map beside it; decoded with the expected context (the default), as soft;
 - NIC has no attention (one image vector conditions every word): no figure (``decoder.has_attention``).
 
 The encoders resize the whole photo (aspect not kept) to a square, so the grid covers the whole image: the
