@@ -71,7 +71,7 @@ def test_upload_a_photo_read_the_caption_and_hover_a_word(browser, server, tmp_p
     ActionChains(browser).move_to_element(words[0]).perform()
     wait(browser).until(lambda d: "active" in words[0].get_attribute("class"))
     assert canvas_pixels(browser) != before  # the attention overlay was drawn over the photo
-    assert "Soft attention" in browser.find_element(By.ID, "hint").text
+    assert "where the model looked" in browser.find_element(By.ID, "hint").text
 
 
 def test_sample_with_nic_says_there_is_no_attention(browser, server):

@@ -94,7 +94,7 @@ def attention_figure(image: Image.Image, words: list[str], alphas, locs: list[in
         axes.flat[0].imshow(arr)
         axes.flat[0].set_title("(empty caption)", fontsize=11)
     kind = "hard attention: the location used for each word, and its α map" if locs is not None \
-        else "soft attention for each word"
+        else "attention for each word (its α map)"
     kind += f" ({note})" if note else ""
     fig.suptitle(f"{caption}\n{kind}" if caption else kind, fontsize=11)
     return fig

@@ -62,7 +62,7 @@ async function show(answer) {
     `(${answer.model_type}) · beam ${answer.beam_size} · log-prob ${answer.score.toFixed(2)} · ${answer.seconds} s`;
   $("hint").textContent = answer.attention
     ? (answer.locations ? "Hard attention: hover or click a word to see the location it used and its α map."
-                        : "Soft attention: hover or click a word to see where the model looked.")
+                        : "Hover or click a word to see where the model looked (its α map).")
     : `This model (${answer.model_type}) has no attention map: one image vector conditions every word.`;
   const words = $("words");
   words.replaceChildren();
