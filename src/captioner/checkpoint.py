@@ -95,10 +95,7 @@ def set_hard_inference(model: CaptionModel, mode: str) -> None:
     for decoder, config in parts:
         if config.model.type == "hard":
             decoder.hard_inference = mode
-    model.member_configs = [changed(c) for c in model.member_configs]
-    for source in model.sources:  # (their decoders are the ensemble's own)
-        source.config = changed(source.config)
-        source.member_configs = [changed(c) for c in source.member_configs]
+    model.member_configs = [changed(c) for c in model.member_configs]  # (sources only lend their encoders)
 
 
 def check_one_encoder(model: CaptionModel, path: str | Path) -> None:
