@@ -121,6 +121,37 @@ def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders
         save_model(root / "both.pt", load_models([a, b]))
 
 
+def test_consensus_reranking_across_encoders_reads_the_first_files_training_features(two_encoders):
+    """b.pt's features exist only through its encoder: the reranker needs a.pt's (the first file's) alone."""
+    from captioner.checkpoint import with_settings
+    from captioner.inference import consensus_reranker
+
+    root, data, a, b = two_encoders
+    model = with_settings(load_models([a, b]), ["decode.consensus=true", "decode.consensus_k=2"])
+    reranker = consensus_reranker(model, data, root / "cache", progress=False)
+    assert reranker.key == "0.global" and reranker.index.shape[0] == 8  # the 8 training images
+    out = root / "cons.json"
+    run = _cli("evaluate", "--model", a, "--model", b, "--data", data, "--tokenizer", "python", "--no-meteor",
+               "--out", out, "--no-progress", "--set", "decode.consensus=true", cache=root / "cache")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads(out.read_text())["images"] == 6
+
+def test_a_file_carrying_its_encoder_encodes_the_training_images_once(two_encoders, monkeypatch):
+    from captioner import inference
+    from captioner.checkpoint import with_settings
+
+    root, data, a, b = two_encoders
+    model = with_settings(load_models([b, a]), ["decode.consensus=true", "decode.consensus_k=2"])
+    first = inference.consensus_reranker(model, data, root / "cache", progress=False)
+    assert first.index.shape[0] == 8 and len(list((root / "cache" / "consensus").glob("*.pt"))) == 1
+
+    def no_encoding(*_args, **_kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(inference, "encode_images", no_encoding)
+    again = inference.consensus_reranker(model, data, root / "cache", progress=False)
+    assert torch.equal(again.index, first.index)
+
 def test_another_vocabulary_is_refused_in_one_line(two_encoders):
     root, data, a, _ = two_encoders
     words = load_model(a)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from captioner.decoding import beam_search, greedy_search
+from captioner.decoding import beam_search, beam_search_nbest, greedy_search
 from conftest import random_feats, small_decoder
 
 START, END = 1, 2
@@ -31,6 +31,20 @@ def test_batched_beam_equals_per_image(kind, beam_size):
                              beam_size=beam_size, max_len=12)[0]
         assert hyp.tokens == single.tokens
         assert hyp.score == pytest.approx(single.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+def test_nbest_gives_all_beams_best_first(kind, length_penalty):
+    dec = small_decoder(kind).eval()
+    feats = random_feats(5)
+    best = beam_search(dec, feats, START, END, beam_size=4, max_len=10, length_penalty=length_penalty)
+    nbest = beam_search_nbest(dec, feats, START, END, beam_size=4, max_len=10, length_penalty=length_penalty)
+    for one, beams in zip(best, nbest, strict=True):
+        assert len(beams) == 4 and beams[0].tokens == one.tokens  # the first is beam_search's answer
+        assert len({tuple(h.tokens) for h in beams}) == 4  # K different captions
+        norm = [h.score / (len(h.tokens) + h.finished) ** length_penalty for h in beams]
+        assert norm == sorted(norm, reverse=True)
 
 
 def test_beam_never_worse_than_greedy_in_log_prob():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
 from captioner.checkpoint import load_model
@@ -17,6 +18,7 @@ from captioner.data.synth import make_synth
 from captioner.decoding.sample import sample_captions
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
+from captioner.metrics.bleu_reward import BleuReward, MixedReward
 from captioner.metrics.cider_reward import CiderD
 from captioner.training.train import train
 from conftest import random_feats, small_decoder, untrained_model_file
@@ -33,6 +35,29 @@ def test_reward_equals_pycocoevalcap_ciderd():
                                          {k: [" ".join(c)] for k, c in cands.items()})
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
     assert ours.mean() == pytest.approx(mean)
+
+
+def test_bleu_reward_equals_pycocoevalcap_per_image_bleu4():
+    rng = random.Random(1)
+    words = "a the dog man woman runs on in grass water red blue ball with two people street".split()
+    refs = {f"i{i}": [[rng.choice(words) for _ in range(rng.randint(5, 12))] for _ in range(5)] for i in range(150)}
+    cands = {k: [rng.choice(words) for _ in range(rng.randint(1, 14))] for k in refs}
+    cands["i0"] = refs["i0"][0]  # one exact match: BLEU-4 1
+    cands["i1"] = refs["i1"][1][:3]  # shorter than every reference: brevity penalty, no 4-gram
+    ours = BleuReward(refs).score(list(cands), list(cands.values()))
+    _, theirs = Bleu(4).compute_score({k: [" ".join(r) for r in v] for k, v in refs.items()},
+                                      {k: [" ".join(c)] for k, c in cands.items()}, verbose=0)
+    np.testing.assert_allclose(ours, theirs[3], rtol=0, atol=1e-12)
+    assert ours[0] == pytest.approx(1.0) and ours.std() > 0.01
+
+
+def test_mixed_reward_adds_weighted_bleu_to_cider():
+    refs = {"a": [["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "runs"]],
+            "b": [["two", "people", "on", "a", "street"], ["people", "walk", "on", "the", "street"]]}
+    caps = [["a", "dog", "runs", "on", "grass"], ["two", "people", "walk"]]
+    cider, bleu = CiderD(refs), BleuReward(refs)
+    mixed = MixedReward(cider, bleu, 2.0).score(["a", "b"], caps)
+    np.testing.assert_allclose(mixed, cider.score(["a", "b"], caps) + 2.0 * bleu.score(["a", "b"], caps))
 
 
 @pytest.mark.parametrize("kind", ["nic", "soft", "hard"])

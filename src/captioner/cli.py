@@ -150,11 +150,19 @@ def cmd_caption(args) -> None:
     out = Path(args.out) if args.out else None
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
+    reranker = None
+    if args.consensus:
+        from captioner.checkpoint import with_settings
+        from captioner.inference import consensus_reranker
+
+        model = with_settings(model, ["decode.consensus=true"])
+        reranker = consensus_reranker(model, args.consensus, progress=False)
     if out and not model.decoder.has_attention:
         print(f"note: this model ({model.kind}) has no attention map; "
               "writing captioned images only", file=sys.stderr)
     results, failures, stems = [], [], set()
-    for path, image, outcome in iter_captions(model, args.images, beam_size=args.beam_size, max_len=args.max_len):
+    for path, image, outcome in iter_captions(model, args.images, beam_size=args.beam_size, max_len=args.max_len,
+                                              reranker=reranker):
         if image is None:
             failures.append(outcome)
             print(f"skipped {outcome}", file=sys.stderr)
@@ -339,6 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
                    "attention figure (NAME.attention.png) and captions.json")
+    s.add_argument("--consensus", metavar="DATA", help="rerank the beams by agreement with the captions of the "
+                   "most similar training images of this dataset (decode.consensus; its training split's features "
+                   "are read from the cache or computed once per run)")
     add_member(s, "caption with")
     add_device(s, "where the encoder and decoder run")
     s.set_defaults(func=cmd_caption)

@@ -102,6 +102,7 @@ class TrainConfig:
     scst_max_len: int = 16
     scst_dropout: bool = True  # sample in train mode (dropout on; hard attention samples its locations, their
     # log-probabilities joining the score function), as the usual SCST code; false: the test-time network
+    scst_bleu_weight: float = 0.0  # > 0: reward = CIDEr-D + this x sentence BLEU-4 (coco-caption's per image)
 
 
 @dataclass
@@ -112,6 +113,12 @@ class DecodeConfig:
     ban_unk: bool = True  # never output <unk> (a caption for people, not a placeholder)
     block_ngram: int = 0  # n > 1: a caption never repeats an n-gram (3 stops "a man in a man in a ...")
     repetition_penalty: float = 0.0  # nats off a word's log-probability per earlier use in the caption
+    # consensus reranking (decoding/rerank.py): choose among the K beams by score + weight x CIDEr-D against the
+    # captions of the consensus_k nearest training images; needs the training split (evaluate --data, caption
+    # --consensus DATA)
+    consensus: bool = False
+    consensus_k: int = 30
+    consensus_weight: float = 0.3
 
     def banned(self, vocab) -> tuple[int, ...]:
         return (vocab.unk_id,) if self.ban_unk else ()
@@ -185,6 +192,10 @@ class Config:
         if self.train.scst_baseline not in ("greedy", "mean") or (
                 self.train.scst_baseline == "mean" and self.train.scst_samples < 2):
             raise file_error(source, "train.scst_baseline must be greedy, or mean with scst_samples >= 2")
+        if self.decode.consensus_k < 1 or self.decode.consensus_weight < 0:
+            raise file_error(source, "decode.consensus_k must be >= 1 and decode.consensus_weight >= 0")
+        if self.train.scst_bleu_weight < 0:
+            raise file_error(source, "train.scst_bleu_weight must be >= 0")
         if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):
             raise file_error(source, "train.max_time must be DD:HH:MM:SS (e.g. 00:08:00:00), "
                              f"not {self.train.max_time!r}")

@@ -1,12 +1,14 @@
 """Using a trained model: caption image files, decode cached features, score a split."""
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
 import torch
 
 from captioner.checkpoint import CaptionModel
-from captioner.decoding import Hypothesis, beam_search
+from captioner.decoding import Hypothesis, beam_search, beam_search_nbest
 from captioner.devices import module_device
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
@@ -42,18 +44,89 @@ def model_encoder(model: CaptionModel, weights: str | None = None):
 
 
 def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
-                   max_len: int = 30, batch_size: int = 100) -> list[Hypothesis]:
+                   max_len: int = 30, batch_size: int = 100, reranker=None) -> list[Hypothesis]:
     """Beam-search every row of ``features`` ({"global": [N, D], "grid": [N, L, C]}), ``batch_size`` at a
-    time, with the model's decoding settings (length penalty, banned words, n-gram blocking, ...)."""
+    time, with the model's decoding settings (length penalty, banned words, n-gram blocking, ...).
+    ``reranker``: a :class:`~captioner.decoding.rerank.ConsensusReranker` (:func:`consensus_reranker`),
+    which the setting ``decode.consensus`` asks for."""
+    if model.config.decode.consensus and reranker is None:
+        raise CaptionerError("decode.consensus=true reranks with the training captions: evaluate reads them from "
+                             "--data, caption from --consensus DATA (the web demo does not rerank)")
     n = next(iter(features.values())).size(0)
     options = model.config.decode.search_options(model.vocab)
     device = module_device(model.decoder)
     hyps: list[Hypothesis] = []
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].to(device).float() for k, v in features.items()}
-        hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
-                            beam_size=beam_size, max_len=max_len, **options)
+        if not model.config.decode.consensus:
+            hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+                                beam_size=beam_size, max_len=max_len, **options)
+            continue
+        nbest = beam_search_nbest(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+                                  beam_size=beam_size, max_len=max_len, **options)
+        words = [[model.vocab.decode(h.tokens) for h in beams] for beams in nbest]
+        hyps += reranker.choose(batch, nbest, words, options["length_penalty"])
     return hyps
+
+
+def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
+                       progress: bool = True):
+    """The consensus reranker of ``model`` (settings ``decode.consensus_k`` / ``consensus_weight``) over the
+    training split of ``data``: its images' global features (an ensemble across encoders: its first file's
+    encoder's), and their captions."""
+    from captioner.decoding.rerank import ConsensusReranker
+
+    first = model.sources[0] if model.sources else model
+    chosen, index = _training_globals(first, data, cache_root, progress)
+    d = model.config.decode
+    return ConsensusReranker(index, [r.captions for r in chosen], k=d.consensus_k, weight=d.consensus_weight,
+                             key="0.global" if model.sources else "global")
+
+
+def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | Path | None,
+                      progress: bool) -> tuple[list, torch.Tensor]:
+    """(records, [N, D] global features) of the training split. A model carrying its own (fine-tuned) encoder
+    has no feature cache: its training images are encoded once, 256 at a time, and their global features kept
+    in ``<cache>/consensus/<dataset>-<encoder>.pt``."""
+    if model.encoder_state is None:
+        chosen, feats, _ = split_features(model, data, "train", cache_root, progress=progress)
+        return chosen, feats["global"]
+    from captioner.data.readers import dataset_fingerprint, load_dataset
+    from captioner.features import default_cache_root
+    from captioner.io import torch_save_atomic
+
+    dataset = load_dataset(data)
+    records = [r for r in dataset.records if r.split == "train"]
+    path = Path(cache_root or default_cache_root()) / "consensus" / \
+        f"{dataset_fingerprint(dataset)}-{_encoder_key(model)}.pt"
+    by_name = {r.name: r for r in records}
+    if path.exists():
+        saved = torch.load(path, map_location="cpu")
+        if all(name in by_name for name in saved["names"]):
+            return [by_name[name] for name in saved["names"]], saved["global"].float()
+    log.info("encoding the %d training images once for consensus reranking (kept in %s)", len(records), path)
+    encoder, chosen, parts = model_encoder(model), [], []
+    for i in range(0, len(records), 256):
+        chunk = records[i : i + 256]
+        images, _ = read_images([r.image for r in chunk])
+        kept = [(r, img) for r, img in zip(chunk, images, strict=True) if img is not None]
+        if kept:
+            parts.append(encode_images(encoder, [img for _, img in kept])["global"].cpu())  # [b, D]
+            chosen += [r for r, _ in kept]
+    if not chosen:
+        raise CaptionerError(f"{data}: no readable training images for consensus reranking")
+    index = torch.cat(parts).half()  # [N, D], stored and used in float16: the same neighbours every run
+    torch_save_atomic(path, {"names": [r.name for r in chosen], "global": index})
+    return chosen, index.float()
+
+
+def _encoder_key(model: CaptionModel) -> str:
+    """16 hex digits identifying a model's own encoder: its description and weights."""
+    h = hashlib.sha1(json.dumps(model.encoder, sort_keys=True).encode("utf-8"))
+    for name, t in sorted(model.encoder_state.items()):
+        h.update(name.encode("utf-8"))
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
@@ -69,7 +142,7 @@ def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int =
 
 
 def iter_captions(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
-                  batch_size: int = 16, encoder=None):
+                  batch_size: int = 16, encoder=None, reranker=None):
     """Caption image files ``batch_size`` at a time (memory stays flat for any number of files).
 
     Yields ``(path, image, result)`` in input order: ``result`` is a :func:`hypothesis_dict`, or for a file
@@ -80,7 +153,7 @@ def iter_captions(model: CaptionModel, paths: list[str | Path], beam_size: int =
         chunk = paths[i : i + batch_size]
         images, errors = read_images(chunk)
         kept = [img for img in images if img is not None]
-        results = iter(caption_images(model, kept, beam_size, max_len, encoder)) if kept else iter(())
+        results = iter(caption_images(model, kept, beam_size, max_len, encoder, reranker)) if kept else iter(())
         for path, img, err in zip(chunk, images, errors, strict=True):
             yield path, img, err if img is None else next(results)
 
@@ -101,10 +174,10 @@ def read_images(paths: list) -> tuple[list, list[str | None]]:
 
 
 def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_len: int = 30,
-                   encoder=None) -> list[dict]:
+                   encoder=None, reranker=None) -> list[dict]:
     """Caption PIL images (already loaded): one :func:`hypothesis_dict` each."""
     feats = encode_images(encoder or model_encoder(model), images)
-    hyps = decode_batches(model, feats, beam_size, max_len)
+    hyps = decode_batches(model, feats, beam_size, max_len, reranker=reranker)
     return [hypothesis_dict(model, hyp) for hyp in hyps]
 
 
@@ -204,17 +277,18 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
     """
     chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress)
+    reranker = consensus_reranker(model, data, cache_root, progress) if model.config.decode.consensus else None
     return score_split(model, chosen, feats, failed, str(data), split, beam_size, max_len, out, tokenizer, metrics,
-                       report_dir)
+                       report_dir, reranker)
 
 
 def score_split(model: CaptionModel, chosen: list, feats: dict[str, torch.Tensor], failed: list[str], data: str,
                 split: str, beam_size: int = 5, max_len: int = 30, out: str | Path | None = None,
                 tokenizer: str = "auto", metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
-                report_dir: str | Path | None = None) -> dict:
+                report_dir: str | Path | None = None, reranker=None) -> dict:
     """:func:`evaluate` once the features are there: decode ``feats`` (one row per record of ``chosen``),
     score against the records' captions, and write the report."""
-    hyps = decode_batches(model, feats, beam_size, max_len)
+    hyps = decode_batches(model, feats, beam_size, max_len, reranker=reranker)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}
     corpus, per_image = score_corpus(candidates, references, metrics=metrics, tokenizer=tokenizer)

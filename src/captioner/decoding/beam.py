@@ -4,6 +4,7 @@
 - Finished beams keep their place and score; they are only extended by ``<end>`` at no cost.
 - A beam that never emits ``<end>`` is cut at ``max_len``: every image always gets a caption.
 - Final choice among the K beams uses ``score / length ** length_penalty`` (0: plain sum of log-probs).
+  :func:`beam_search_nbest` returns all K, best first, for reranking (:mod:`captioner.decoding.rerank`).
 - Per-token attention maps are returned with each caption.
 """
 
@@ -28,15 +29,35 @@ def _expand(ctx: dict[str, Tensor], k: int) -> dict[str, Tensor]:
     return {name: t.repeat_interleave(k, dim=0) for name, t in ctx.items()}  # [B*K, ...]
 
 
-@torch.inference_mode()
 def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int = 5,
                 max_len: int = 30, length_penalty: float = 0.0, banned: tuple[int, ...] = (),
                 block_ngram: int = 0, repetition_penalty: float = 0.0) -> list[Hypothesis]:
-    """Decode a batch of images; returns the best hypothesis for each image, in batch order.
+    """Decode a batch of images; returns the best hypothesis for each image, in batch order (the arguments:
+    :func:`beam_search_nbest`)."""
+    return [beams[0] for beams in _search(decoder, feats, start_id, end_id, beam_size, max_len, length_penalty,
+                                          banned, block_ngram, repetition_penalty, n_best=False)]
+
+
+def beam_search_nbest(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int = 5,
+                      max_len: int = 30, length_penalty: float = 0.0, banned: tuple[int, ...] = (),
+                      block_ngram: int = 0, repetition_penalty: float = 0.0) -> list[list[Hypothesis]]:
+    """Decode a batch of images; returns all K final beams of each image, best first (by
+    ``score / length ** length_penalty``), for reranking (:mod:`captioner.decoding.rerank`).
 
     ``banned``: word ids never generated (besides <pad> and <start>), e.g. ``(vocab.unk_id,)``.
     ``block_ngram``: n > 1 forbids a beam to repeat any n-gram it already contains ("a man in a man in").
     ``repetition_penalty``: log-probability (nats) taken off a word for each time the beam already used it.
+    Every image is decoded until all its K beams have ended (or reached ``max_len``).
+    """
+    return _search(decoder, feats, start_id, end_id, beam_size, max_len, length_penalty, banned, block_ngram,
+                   repetition_penalty, n_best=True)
+
+
+@torch.inference_mode()
+def _search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_size: int, max_len: int,
+            length_penalty: float, banned: tuple[int, ...], block_ngram: int, repetition_penalty: float,
+            n_best: bool) -> list[list[Hypothesis]]:
+    """The batched beam search; ``n_best``: return all K beams of each image (else only the best).
 
     Images whose result can no longer change are dropped from the computation (their rows are compacted
     away), so a batch costs what its images need, not what its slowest image needs.
@@ -91,7 +112,7 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
                 alpha.index_select(0, src) if alpha is not None else None, state.get("loc"))
         final["score"][rows], final["length"][rows], final["finished"][rows] = scores.view(-1), lengths, finished
 
-        done = _done_images(scores, finished, length_penalty)  # [B'] bool
+        done = _done_images(scores, finished, 1.0 if n_best else length_penalty)  # [B'] bool (all K, for n-best)
         if bool(done.all()):
             break
         if bool(done.any()):  # compact: keep decoding only the images whose result can still change
@@ -105,12 +126,13 @@ def beam_search(decoder: Decoder, feats: Features, start_id: int, end_id: int, b
             words_so_far = words_so_far.index_select(0, keep) if penalise else words_so_far
 
     norm = final["score"] / final["length"].clamp(min=1).float() ** length_penalty  # [B*K]
-    best = norm.view(batch, k).argmax(dim=1) + torch.arange(batch, device=device) * k  # [B] best row per image
+    order = norm.view(batch, k).argsort(dim=1, descending=True, stable=True)  # [B, K] beams, best first
+    rows = order[:, : k if n_best else 1] + torch.arange(batch, device=device).unsqueeze(1) * k  # [B, K or 1]
     # backtracking reads single elements: on a GPU, one copy to the CPU instead of one sync per element
     history = {name: [t.cpu() for t in steps] for name, steps in history.items()}
     final = {name: t.cpu() for name, t in final.items()}
-    return [_backtrack(r, history, float(final["score"][r]), int(final["length"][r]), bool(final["finished"][r]))
-            for r in best.tolist()]
+    return [[_backtrack(r, history, float(final["score"][r]), int(final["length"][r]), bool(final["finished"][r]))
+             for r in image_rows] for image_rows in rows.tolist()]
 
 
 def _record(history: dict, n_rows: int, rows: Tensor, parents: Tensor, words: Tensor, end_id: int,

@@ -45,8 +45,11 @@ class CiderD:
         return vec, [math.sqrt(x) for x in norm], length
 
     def score_one(self, name: str, words: list[str]) -> float:
+        return self.score_against(words, self.refs[name])
+
+    def score_against(self, words: list[str], refs: list) -> float:
+        """CIDEr-D of a caption against any list of reference vectors (entries of ``self.refs``' lists)."""
         vec, norm, length = self._vector(ngrams(words))
-        refs = self.refs[name]
         total = np.zeros(N)
         for ref_vec, ref_norm, ref_length in refs:
             penalty = math.exp(-((length - ref_length) ** 2) / (2 * SIGMA**2))

@@ -27,6 +27,7 @@ from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError, file_error
 from captioner.features import get_or_extract
 from captioner.io import torch_save_atomic, write_text_atomic
+from captioner.metrics.bleu_reward import BleuReward, MixedReward
 from captioner.metrics.cider_reward import CiderD
 from captioner.training.data import (
     CaptionBatches,
@@ -251,8 +252,11 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
             module.decoder.load_state_dict(start.decoder.state_dict())
         except RuntimeError as e:
             raise file_error(t.init_from, f"does not fit this config's model ({str(e).splitlines()[0]})") from None
-    if t.scst:  # CIDEr-D with document frequencies from all training references
-        module.reward = CiderD({r.name: r.captions for r in train_records})
+    if t.scst:  # CIDEr-D with document frequencies from all training references (+ sentence BLEU-4)
+        train_refs = {r.name: r.captions for r in train_records}
+        module.reward = CiderD(train_refs)
+        if t.scst_bleu_weight > 0:
+            module.reward = MixedReward(module.reward, BleuReward(train_refs), t.scst_bleu_weight)
     if cfg.model.glove and not resume:  # a resumed run gets its (trained) embedding from the checkpoint
         from captioner.data.glove import init_embedding
 

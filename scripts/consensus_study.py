@@ -1,0 +1,87 @@
+"""Consensus reranking study: BLEU-4 and CIDEr-D for each number of neighbours k and weight, on the whole split
+and on its two halves (choose the setting on one half, check it on the other).
+
+    python scripts/consensus_study.py --model A.pt [--model B.pt ...] --set decode.length_penalty=1.0 \
+        --set decode.block_ngram=3 [--set model.hard_inference=expected] [--k 10,30,60] [--weights 0,0.1,0.3,1]
+
+The beams are decoded once (all K of each image, `beam_search_nbest`); each setting then only rechooses among
+them, as `captioner evaluate --set decode.consensus=true --set decode.consensus_k=K --set
+decode.consensus_weight=W` would (weight 0: plain beam search). Scores use pycocoevalcap with the Java PTB
+tokenizer (the Python copy without Java).
+"""
+
+import argparse
+from pathlib import Path
+
+from captioner.checkpoint import load_models, with_settings
+from captioner.cli import add_decode_set
+from captioner.decoding import beam_search_nbest
+from captioner.decoding.rerank import ConsensusReranker
+from captioner.devices import module_device
+from captioner.inference import _training_globals, split_features
+from captioner.metrics.coco import score_corpus
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
+
+
+def decode_nbest(model, feats, beam: int, batch_size: int = 100):
+    """All K beams of every image and their captions as words."""
+    options = model.config.decode.search_options(model.vocab)
+    device = module_device(model.decoder)
+    n = next(iter(feats.values())).size(0)
+    nbest, batches = [], []
+    for i in range(0, n, batch_size):
+        batch = {k: v[i : i + batch_size].to(device).float() for k, v in feats.items()}
+        nbest += beam_search_nbest(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+                                   beam_size=beam, max_len=30, **options)
+        batches.append(batch)
+    return nbest, [[model.vocab.decode(h.tokens) for h in beams] for beams in nbest], batches
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, action="append", required=True)
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--split", default="val")
+    p.add_argument("--beam", type=int, default=5)
+    p.add_argument("--k", default="10,30,60")
+    p.add_argument("--weights", default="0,0.1,0.3,1")
+    add_decode_set(p)
+    args = p.parse_args()
+    model = load_models(args.model)
+    if args.set:
+        model = with_settings(model, args.set)
+    chosen, feats, _ = split_features(model, args.data, args.split, progress=False)
+    nbest, words, batches = decode_nbest(model, feats, args.beam)
+    train, index = _training_globals(model.sources[0] if model.sources else model, args.data, None, False)
+    refs = {r.name: r.captions_raw for r in chosen}
+    halves = {"all": chosen, "first half": chosen[: len(chosen) // 2], "second half": chosen[len(chosen) // 2 :]}
+    lp = model.config.decode.length_penalty
+
+    lines = ["| k | weight | " + " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in halves) + " |",
+             "|---|---|" + "---|---|" * len(halves)]
+    for i, k in enumerate(int(x) for x in args.k.split(",")):
+        for weight in (float(x) for x in args.weights.split(",")):
+            if weight == 0 and i > 0:  # plain beam search: the same for every k
+                continue
+            reranker = ConsensusReranker(index, [r.captions for r in train], k=k, weight=weight,
+                                         key="0.global" if model.sources else "global")
+            picked, start = [], 0
+            for batch in batches:
+                size = next(iter(batch.values())).size(0)
+                picked += reranker.choose(batch, nbest[start : start + size], words[start : start + size], lp)
+                start += size
+            caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, picked, strict=True)}
+            cells = []
+            for part in halves.values():
+                scores, _ = score_corpus({r.name: caps[r.name] for r in part}, {r.name: refs[r.name] for r in part},
+                                         metrics=("bleu", "cider"))
+                cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
+            lines.append(f"| {k} | {weight:g} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    print(f"\n{args.split} split, {len(chosen)} images, beam {args.beam}, {', '.join(args.set)}\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
