@@ -111,3 +111,10 @@ def test_the_study_script_tables_every_setting(synth, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = result.stdout.split("\n\n")[-1].strip().splitlines()
     assert [row.split(" | ")[:2] for row in table[2:]] == [["| 2", "0"], ["| 2", "0.5"], ["| 4", "0.5"]]
+
+
+def test_export_does_not_store_consensus_reranking(synth, tmp_path):
+    _, model, _ = synth
+    run = run_cli("export", str(model), str(tmp_path / "out.pt"), "--set", "decode.consensus=true")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "decode.consensus is chosen per run" in run.stderr and not (tmp_path / "out.pt").exists()

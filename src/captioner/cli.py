@@ -231,6 +231,9 @@ def cmd_export(args) -> None:
     check_one_encoder(model, out)
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model = with_settings(model, args.set)
+        if model.config.decode.consensus:
+            raise file_error(out, "decode.consensus is chosen per run (it needs a dataset's training captions: "
+                             "evaluate --set decode.consensus=true, caption --consensus DATA), not stored in a model")
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
         from captioner.inference import model_encoder
 
