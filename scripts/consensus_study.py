@@ -16,9 +16,8 @@ from pathlib import Path
 from captioner.checkpoint import load_models, with_settings
 from captioner.cli import add_decode_set
 from captioner.decoding import beam_search_nbest
-from captioner.decoding.rerank import ConsensusReranker
 from captioner.devices import module_device
-from captioner.inference import _training_globals, split_features
+from captioner.inference import consensus_reranker, split_features
 from captioner.metrics.coco import score_corpus
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -53,7 +52,7 @@ def main() -> None:
         model = with_settings(model, args.set)
     chosen, feats, _ = split_features(model, args.data, args.split, progress=False)
     nbest, words, batches = decode_nbest(model, feats, args.beam)
-    train, index = _training_globals(model.sources[0] if model.sources else model, args.data, None, False)
+    reranker = consensus_reranker(model, args.data, progress=False)  # k and weight set below
     refs = {r.name: r.captions_raw for r in chosen}
     halves = {"all": chosen, "first half": chosen[: len(chosen) // 2], "second half": chosen[len(chosen) // 2 :]}
     lp = model.config.decode.length_penalty
@@ -64,8 +63,7 @@ def main() -> None:
         for weight in (float(x) for x in args.weights.split(",")):
             if weight == 0 and i > 0:  # plain beam search: the same for every k
                 continue
-            reranker = ConsensusReranker(index, [r.captions for r in train], k=k, weight=weight,
-                                         key="0.global" if model.sources else "global")
+            reranker.k, reranker.weight = k, weight
             picked, start = [], 0
             for batch in batches:
                 size = next(iter(batch.values())).size(0)

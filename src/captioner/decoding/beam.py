@@ -112,7 +112,8 @@ def _search(decoder: Decoder, feats: Features, start_id: int, end_id: int, beam_
                 alpha.index_select(0, src) if alpha is not None else None, state.get("loc"))
         final["score"][rows], final["length"][rows], final["finished"][rows] = scores.view(-1), lengths, finished
 
-        done = _done_images(scores, finished, 1.0 if n_best else length_penalty)  # [B'] bool (all K, for n-best)
+        done = (finished.view_as(scores).all(dim=1) if n_best  # [B'] bool; n-best: all K beams have ended
+                else _done_images(scores, finished, length_penalty))
         if bool(done.all()):
             break
         if bool(done.any()):  # compact: keep decoding only the images whose result can still change

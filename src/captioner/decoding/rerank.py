@@ -29,13 +29,14 @@ class ConsensusReranker:
         captions, in the same order."""
         self.index = F.normalize(index.float(), dim=1).cpu()  # [N, D] unit vectors
         self.cider = CiderD({str(i): caps for i, caps in enumerate(captions)})
-        self.k, self.weight, self.key = min(k, len(captions)), weight, key
+        self.k, self.weight, self.key = k, weight, key
 
     def choose(self, feats: dict[str, Tensor], nbest: list[list[Hypothesis]], words: list[list[list[str]]],
                length_penalty: float) -> list[Hypothesis]:
         """The chosen beam of each image; ``words``: the beams' captions as words, as ``nbest``."""
         query = F.normalize(feats[self.key].float(), dim=1).cpu()  # [B, D]
-        neighbours = (query @ self.index.T).topk(self.k, dim=1).indices.tolist()  # [B, k] most similar first
+        k = min(self.k, self.index.size(0))
+        neighbours = (query @ self.index.T).topk(k, dim=1).indices.tolist()  # [B, k] most similar first
         chosen = []
         for beams, beam_words, near in zip(nbest, words, neighbours, strict=True):
             refs = [v for j in near for v in self.cider.refs[str(j)]]
