@@ -99,11 +99,10 @@ def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | P
     records = [r for r in dataset.records if r.split == "train"]
     path = Path(cache_root or default_cache_root()) / "consensus" / \
         f"{dataset_fingerprint(dataset)}-{_encoder_key(model)}.pt"
-    by_name = {r.name: r for r in records}
-    if path.exists():
+    if path.exists():  # (the dataset's fingerprint in its name: the same images, splits and file sizes)
         saved = torch.load(path, map_location="cpu")
-        if all(name in by_name for name in saved["names"]):
-            return [by_name[name] for name in saved["names"]], saved["global"].float()
+        by_name = {r.name: r for r in records}
+        return [by_name[name] for name in saved["names"]], saved["global"].float()
     log.info("encoding the %d training images once for consensus reranking (kept in %s)", len(records), path)
     encoder, chosen, parts = model_encoder(model), [], []
     for i in range(0, len(records), 256):

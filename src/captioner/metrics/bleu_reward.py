@@ -11,12 +11,9 @@ from collections import Counter
 
 import numpy as np
 
-N = 4
+from captioner.metrics.cider_reward import N, ngrams
+
 SMALL, TINY = 1e-9, 1e-15  # coco-caption's constants: an order with no match scores ~0, never a division by 0
-
-
-def _counts(words: list[str]) -> Counter:
-    return Counter(tuple(words[i : i + k]) for k in range(1, N + 1) for i in range(len(words) - k + 1))
 
 
 class BleuReward:
@@ -26,14 +23,14 @@ class BleuReward:
         for name, refs in references.items():
             clip: Counter = Counter()
             for r in refs:
-                for gram, c in _counts(r).items():
+                for gram, c in ngrams(r).items():
                     clip[gram] = max(clip[gram], c)
             self.refs[name] = (clip, [len(r) for r in refs])
 
     def score_one(self, name: str, words: list[str]) -> float:
         clip, lengths = self.refs[name]
         correct = [0] * N
-        for gram, c in _counts(words).items():
+        for gram, c in ngrams(words).items():
             correct[len(gram) - 1] += min(c, clip.get(gram, 0))
         n = len(words)
         bleu = 1.0
