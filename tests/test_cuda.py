@@ -30,7 +30,7 @@ def synth(tmp_path_factory):
     return make_synth(tmp_path_factory.mktemp("synth") / "data", n_train=300, n_val=40, n_test=40, seed=3)
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
 def test_beam_search_on_gpu_matches_cpu(kind):
     decoder = small_decoder(kind).eval()
     feats = random_feats(12, seed=1)

@@ -6,7 +6,7 @@ import torch
 from conftest import random_captions, random_feats, small_decoder
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
 def test_output_t_predicts_word_t_plus_1_from_word_t(kind):
     """logits[:, t] is the prediction of captions[:, t+1]: it sees word t, and never a later word."""
     dec = small_decoder(kind).eval()
@@ -31,7 +31,7 @@ def test_nic_sees_the_image_before_start():
 PLAIN = {"deep_output": False}  # attention models with the tutorial's output layer, logits = L_o h_t
 
 
-@pytest.mark.parametrize("kind, overrides", [("nic", {}), ("soft", {}), ("hard", {}), ("uniform", {}),
+@pytest.mark.parametrize("kind, overrides", [("nic", {}), ("soft", {}), ("hard", {}), ("uniform", {}), ("updown", {}),
                                              ("soft", PLAIN), ("hard", PLAIN)])
 def test_teacher_forcing_equals_stepping(kind, overrides):
     dec = small_decoder(kind, **overrides).eval()

@@ -26,10 +26,10 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(synth, tmp_path_factory):
-    """Train NIC, soft and hard once for the whole module."""
+    """Train NIC, soft, hard and Up-Down once for the whole module."""
     root = tmp_path_factory.mktemp("runs")
     models = {}
-    for kind in ("nic", "soft", "hard"):
+    for kind in ("nic", "soft", "hard", "updown"):
         cfg = load_config(f"synth_{kind}")
         models[kind] = train(cfg, synth, root / kind, cache_root=root / "cache", progress=False)
     return models, root / "cache"
@@ -44,7 +44,7 @@ def shuffled_baseline(report: dict) -> dict:
     return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "updown"])
 def test_learns_far_above_shuffled_captions(trained, synth, kind, tmp_path):
     models, cache = trained
     model = load_model(models[kind])
@@ -73,7 +73,7 @@ def _cells(box, size=64, grid=4):
             if x0 < (c + 1) * step and x1 > c * step and y0 < (r + 1) * step and y1 > r * step]
 
 
-@pytest.mark.parametrize("kind", ["soft", "hard"])
+@pytest.mark.parametrize("kind", ["soft", "hard", "updown"])
 def test_attention_looks_at_the_named_object(trained, synth, kind):
     models, cache = trained
     model = load_model(models[kind])

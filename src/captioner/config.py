@@ -18,7 +18,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    type: str = "soft"  # nic | soft | hard | uniform (mean-pooled context: the attention ablation)
+    type: str = "soft"  # nic | soft | hard | uniform (mean-pooled context: the attention ablation) | updown
     embed_dim: int = 512
     hidden_dim: int = 512
     attention_dim: int = 512
@@ -181,8 +181,8 @@ class Config:
         return cls.from_dict(d, source)
 
     def validate(self, source: str = "config") -> None:
-        if self.model.type not in ("nic", "soft", "hard", "uniform"):
-            raise file_error(source, f"model.type must be nic, soft, hard or uniform, not {self.model.type!r}")
+        if self.model.type not in ("nic", "soft", "hard", "uniform", "updown"):
+            raise file_error(source, f"model.type must be nic, soft, hard, uniform or updown, not {self.model.type!r}")
         if self.train.monitor not in ("bleu4", "cider"):
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
         if self.model.reinforce_reward not in ("caption", "word"):

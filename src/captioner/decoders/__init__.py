@@ -1,5 +1,5 @@
-"""Decoders: Show-and-Tell (NIC), soft and hard attention (and a uniform-attention ablation), behind one
-per-step interface."""
+"""Decoders: Show-and-Tell (NIC), soft and hard attention (and a uniform-attention ablation), and Up-Down
+top-down attention, behind one per-step interface."""
 
 from captioner.config import ModelConfig
 from captioner.decoders.base import Decoder
@@ -7,9 +7,10 @@ from captioner.decoders.hard import HardAttentionDecoder
 from captioner.decoders.nic import NICDecoder
 from captioner.decoders.soft import SoftAttentionDecoder
 from captioner.decoders.uniform import UniformAttentionDecoder
+from captioner.decoders.updown import UpDownDecoder
 
 __all__ = ["Decoder", "NICDecoder", "SoftAttentionDecoder", "HardAttentionDecoder", "UniformAttentionDecoder",
-           "build_decoder"]
+           "UpDownDecoder", "build_decoder"]
 
 
 def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: int) -> Decoder:
@@ -17,6 +18,8 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
     dims = dict(embed_dim=cfg.embed_dim, hidden_dim=cfg.hidden_dim, dropout=cfg.dropout)
     if cfg.type == "nic":
         return NICDecoder(vocab_size, global_dim, **dims)
+    if cfg.type == "updown":
+        return UpDownDecoder(vocab_size, grid_dim, attention_dim=cfg.attention_dim, **dims)
     attention = dict(attention_dim=cfg.attention_dim, alpha_c=cfg.alpha_c, deep_output=cfg.deep_output, **dims)
     if cfg.type == "soft":
         return SoftAttentionDecoder(vocab_size, grid_dim, **attention)
