@@ -92,8 +92,7 @@ def test_caption_needs_the_training_captions_to_rerank(synth, tmp_path):
     Image.new("RGB", (64, 64), (30, 30, 200)).save(image)
     missing = run_cli("caption", "--model", str(model), "--set", "decode.consensus=true", str(image))
     assert missing.returncode != 0 and "Traceback" not in missing.stderr
-    assert missing.stderr.strip().splitlines()[-1].endswith("caption from --consensus DATA (the web demo does not "
-                                                            "rerank)")
+    assert missing.stderr.strip().splitlines()[-1].endswith("caption and serve from --consensus DATA")
     ok = run_cli("caption", "--model", str(model), "--consensus", str(data), "--max-len", "8", str(image))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip()
@@ -118,3 +117,40 @@ def test_export_does_not_store_consensus_reranking(synth, tmp_path):
     run = run_cli("export", str(model), str(tmp_path / "out.pt"), "--set", "decode.consensus=true")
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert "decode.consensus is chosen per run" in run.stderr and not (tmp_path / "out.pt").exists()
+
+
+def test_the_web_demo_reranks_as_caption_does(synth, tmp_path, monkeypatch):
+    import os
+
+    from fastapi.testclient import TestClient
+
+    from captioner.serve.app import create_app
+
+    data, model, cache = synth
+    strong = tmp_path / "strong.pt"  # the consensus term outweighs the beams' scores: reranking shows
+    assert run_cli("export", str(model), str(strong), "--set", "decode.consensus_weight=100").returncode == 0
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    images = []
+    for i, colour in enumerate([(30, 30, 200), (200, 40, 40), (40, 160, 40)]):
+        images.append(tmp_path / f"photo{i}.png")
+        Image.new("RGB", (64, 64), colour).save(images[-1])
+    env = {**os.environ, "CAPTIONER_CACHE": str(cache)}
+
+    def cli(*extra):
+        run = subprocess.run([sys.executable, "-m", "captioner.cli", "caption", "--model", str(strong), *extra,
+                              *map(str, images)], capture_output=True, text=True, timeout=180, env=env)
+        assert run.returncode == 0, run.stderr
+        return [line.split(": ", 1)[1] for line in run.stdout.strip().splitlines()]
+
+    def served(**options):
+        with TestClient(create_app({"m": strong}, **options)) as client:
+            bodies = [client.post("/api/caption", files={"file": (p.name, p.read_bytes(), "image/png")}).json()
+                      for p in images]
+        return [b["caption"] for b in bodies], {b["reranked"] for b in bodies}
+
+    reranked, flags = served(consensus=data)
+    plain, plain_flags = served()
+    assert flags == {True} and plain_flags == {False}
+    assert reranked == cli("--consensus", str(data))
+    assert plain == cli()
+    assert reranked != plain

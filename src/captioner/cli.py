@@ -195,7 +195,12 @@ def cmd_serve(args) -> None:
     from captioner.serve.app import create_app
 
     models = serve_models(args.model or [str(default_model_path())])
-    app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)))
+    app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)),
+                     consensus=args.consensus)
+    if args.consensus:  # load now: a model with its own encoder first encodes the training images (minutes, once)
+        print(f"preparing consensus reranking with the training captions of {args.consensus} ...", flush=True)
+        for entry in app.state.models.values():
+            entry.get()
     print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -364,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload (default 10 MB)")
+    s.add_argument("--consensus", metavar="DATA", help="rerank every model's beams by agreement with the captions "
+                   "of the most similar training images of this dataset (as caption --consensus)")
     add_device(s, "where the models run")
     s.set_defaults(func=cmd_serve)
 

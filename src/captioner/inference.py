@@ -51,7 +51,7 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
     which the setting ``decode.consensus`` asks for."""
     if model.config.decode.consensus and reranker is None:
         raise CaptionerError("decode.consensus=true reranks with the training captions: evaluate reads them from "
-                             "--data, caption from --consensus DATA (the web demo does not rerank)")
+                             "--data, caption and serve from --consensus DATA")
     n = next(iter(features.values())).size(0)
     options = model.config.decode.search_options(model.vocab)
     device = module_device(model.decoder)

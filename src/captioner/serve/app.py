@@ -47,23 +47,30 @@ class LoadedModel:
     model: object = None
     encoder: object = None
     device: str = "cpu"
+    consensus: Path | None = None  # a dataset: rerank the beams by its training captions (decode.consensus)
+    reranker: object = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self):
         with self.lock:
             if self.model is None:
-                from captioner.checkpoint import load_models
-                from captioner.inference import model_encoder
+                from captioner.checkpoint import load_models, with_settings
+                from captioner.inference import consensus_reranker, model_encoder
 
-                self.model = load_models(self.paths).to(self.device)
-                self.encoder = model_encoder(self.model)
+                model = load_models(self.paths).to(self.device)
+                if self.consensus is not None:
+                    model = with_settings(model, ["decode.consensus=true"])
+                    self.reranker = consensus_reranker(model, self.consensus, progress=False)
+                self.model, self.encoder = model, model_encoder(model)
         return self
 
 
 def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
-               samples: Path = SAMPLES, device: str = "cpu") -> FastAPI:
+               samples: Path = SAMPLES, device: str = "cpu", consensus: str | Path | None = None) -> FastAPI:
     """The demo app for the named models (the first is the default), run on ``device``: each a model file, or a
-    list of files that caption as one ensemble (as ``captioner caption --model a --model b``)."""
+    list of files that caption as one ensemble (as ``captioner caption --model a --model b``). ``consensus``: a
+    dataset whose training captions rerank every model's beams (as ``captioner caption --consensus DATA``).
+    Models load on first use; ``app.state.models[name].get()`` loads one now."""
     if not models:
         raise CaptionerError("serve: no model to serve")
     loaded = {}
@@ -72,9 +79,10 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
         for path in paths:
             if not path.is_file():
                 raise CaptionerError(f"{path}: no such model file (model '{name}')")
-        loaded[name] = LoadedModel(paths, device=device)
+        loaded[name] = LoadedModel(paths, device=device, consensus=Path(consensus) if consensus else None)
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
+    app.state.models = loaded
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -184,13 +192,13 @@ def _caption(entry: LoadedModel, name: str, image, source: str, beam: int) -> di
 
     start = time.perf_counter()
     with entry.lock:
-        result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder)[0]
+        result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder, reranker=entry.reranker)[0]
     attention = result.get("attention")
     grid = round(len(attention[0]) ** 0.5) if attention else None
     return {
         "caption": result["caption"], "tokens": result["tokens"], "score": result["score"],
         "finished": result["finished"], "model": name, "model_type": entry.model.kind,
-        "beam_size": beam, "source": source, "width": image.width, "height": image.height,
+        "beam_size": beam, "reranked": entry.reranker is not None, "source": source, "width": image.width, "height": image.height,
         "grid": grid, "attention": attention, "locations": result.get("locations"),
         "preview": _preview(image), "seconds": round(time.perf_counter() - start, 3),
     }
