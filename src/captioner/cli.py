@@ -152,11 +152,9 @@ def cmd_caption(args) -> None:
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
     reranker = None
     if args.consensus:
-        from captioner.checkpoint import with_settings
-        from captioner.inference import consensus_reranker
+        from captioner.inference import with_consensus
 
-        model = with_settings(model, ["decode.consensus=true"])
-        reranker = consensus_reranker(model, args.consensus, progress=False)
+        model, reranker = with_consensus(model, args.consensus)
     if out and not model.decoder.has_attention:
         print(f"note: this model ({model.kind}) has no attention map; "
               "writing captioned images only", file=sys.stderr)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import CaptionModel
+from captioner.checkpoint import CaptionModel, with_settings
 from captioner.decoding import Hypothesis, beam_search, beam_search_nbest
 from captioner.devices import module_device
 from captioner.encoders import create_encoder
@@ -81,6 +81,14 @@ def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | 
     d = model.config.decode
     return ConsensusReranker(index, [r.captions for r in chosen], k=d.consensus_k, weight=d.consensus_weight,
                              key="0.global" if model.sources else "global")
+
+
+def with_consensus(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
+                   progress: bool = False):
+    """``model`` set to rerank its beams (``decode.consensus``), and its reranker over the training split of
+    ``data``: what ``caption --consensus DATA`` and ``serve --consensus DATA`` decode with."""
+    model = with_settings(model, ["decode.consensus=true"])
+    return model, consensus_reranker(model, data, cache_root, progress)
 
 
 def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | Path | None,

@@ -54,13 +54,12 @@ class LoadedModel:
     def get(self):
         with self.lock:
             if self.model is None:
-                from captioner.checkpoint import load_models, with_settings
-                from captioner.inference import consensus_reranker, model_encoder
+                from captioner.checkpoint import load_models
+                from captioner.inference import model_encoder, with_consensus
 
                 model = load_models(self.paths).to(self.device)
                 if self.consensus is not None:
-                    model = with_settings(model, ["decode.consensus=true"])
-                    self.reranker = consensus_reranker(model, self.consensus, progress=False)
+                    model, self.reranker = with_consensus(model, self.consensus)
                 self.model, self.encoder = model, model_encoder(model)
         return self
 
@@ -192,13 +191,15 @@ def _caption(entry: LoadedModel, name: str, image, source: str, beam: int) -> di
 
     start = time.perf_counter()
     with entry.lock:
-        result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder, reranker=entry.reranker)[0]
+        result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder,
+                                reranker=entry.reranker)[0]
     attention = result.get("attention")
     grid = round(len(attention[0]) ** 0.5) if attention else None
     return {
         "caption": result["caption"], "tokens": result["tokens"], "score": result["score"],
         "finished": result["finished"], "model": name, "model_type": entry.model.kind,
-        "beam_size": beam, "reranked": entry.reranker is not None, "source": source, "width": image.width, "height": image.height,
+        "beam_size": beam, "reranked": entry.reranker is not None, "source": source,
+        "width": image.width, "height": image.height,
         "grid": grid, "attention": attention, "locations": result.get("locations"),
         "preview": _preview(image), "seconds": round(time.perf_counter() - start, 3),
     }
