@@ -1,13 +1,17 @@
-"""Consensus reranking study: BLEU-4 and CIDEr-D for each number of neighbours k and weight, on the whole split
-and on its two halves (choose the setting on one half, check it on the other).
+"""Consensus reranking study: BLEU-4 and CIDEr-D for each length penalty, number of neighbours k, weight and
+minimum-Bayes-risk weight, on the whole split and on its two halves (choose the setting on one half, check it
+on the other).
 
     python scripts/consensus_study.py --model A.pt [--model B.pt ...] --set decode.length_penalty=1.0 \
-        --set decode.block_ngram=3 [--set model.hard_inference=expected] [--k 10,30,60] [--weights 0,0.1,0.3,1]
+        --set decode.block_ngram=3 [--set model.hard_inference=expected] [--k 10,30,60] [--weights 0,0.1,0.3,1] \
+        [--mbr 0,0.3] [--length-penalties 0.6,0.8,1]
 
 The beams are decoded once (all K of each image, `beam_search_nbest`); each setting then only rechooses among
 them, as `captioner evaluate --set decode.consensus=true --set decode.consensus_k=K --set
-decode.consensus_weight=W` would (weight 0: plain beam search). Scores use pycocoevalcap with the Java PTB
-tokenizer (the Python copy without Java).
+decode.consensus_weight=W --set decode.mbr_weight=M --set decode.length_penalty=P` would (both weights 0:
+plain beam search). That is exact for every length penalty P: the n-best search runs until all K beams of an
+image end, whatever P, and P only orders the K for the final choice.
+Scores use pycocoevalcap with the Java PTB tokenizer (the Python copy without Java).
 """
 
 import argparse
@@ -45,6 +49,8 @@ def main() -> None:
     p.add_argument("--beam", type=int, default=5)
     p.add_argument("--k", default="10,30,60")
     p.add_argument("--weights", default="0,0.1,0.3,1")
+    p.add_argument("--mbr", default="0", help="minimum-Bayes-risk weights (decode.mbr_weight)")
+    p.add_argument("--length-penalties", help="length penalties (default: the model's)")
     add_decode_set(p)
     args = p.parse_args()
     model = load_models(args.model)
@@ -55,28 +61,30 @@ def main() -> None:
     reranker = consensus_reranker(model, args.data, progress=False)  # k and weight set below
     refs = {r.name: r.captions_raw for r in chosen}
     halves = {"all": chosen, "first half": chosen[: len(chosen) // 2], "second half": chosen[len(chosen) // 2 :]}
-    lp = model.config.decode.length_penalty
+    lps = args.length_penalties or str(model.config.decode.length_penalty)
 
-    lines = ["| k | weight | " + " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in halves) + " |",
-             "|---|---|" + "---|---|" * len(halves)]
-    for i, k in enumerate(int(x) for x in args.k.split(",")):
-        for weight in (float(x) for x in args.weights.split(",")):
-            if weight == 0 and i > 0:  # plain beam search: the same for every k
-                continue
-            reranker.k, reranker.weight = k, weight
-            picked, start = [], 0
-            for batch in batches:
-                size = next(iter(batch.values())).size(0)
-                picked += reranker.choose(batch, nbest[start : start + size], words[start : start + size], lp)
-                start += size
-            caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, picked, strict=True)}
-            cells = []
-            for part in halves.values():
-                scores, _ = score_corpus({r.name: caps[r.name] for r in part}, {r.name: refs[r.name] for r in part},
-                                         metrics=("bleu", "cider"))
-                cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
-            lines.append(f"| {k} | {weight:g} | " + " | ".join(cells) + " |")
-            print(lines[-1], flush=True)
+    lines = ["| length penalty | k | weight | MBR weight | " + " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in halves)
+             + " |", "|---|---|---|---|" + "---|---|" * len(halves)]
+    grid = [[float(x) for x in arg.split(",")] for arg in (lps, args.k, args.weights, args.mbr)]
+    settings = [(lp, int(k), w, m) for lp in grid[0] for k in grid[1] for w in grid[2] for m in grid[3]]
+    seen_k = {}  # weight 0: the neighbours are not read, the same for every k
+    for lp, k, weight, mbr in settings:
+        if weight == 0 and seen_k.setdefault((lp, mbr), k) != k:
+            continue
+        reranker.k, reranker.weight, reranker.mbr_weight = k, weight, mbr
+        picked, start = [], 0
+        for batch in batches:
+            size = next(iter(batch.values())).size(0)
+            picked += reranker.choose(batch, nbest[start : start + size], words[start : start + size], lp)
+            start += size
+        caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, picked, strict=True)}
+        cells = []
+        for part in halves.values():
+            scores, _ = score_corpus({r.name: caps[r.name] for r in part}, {r.name: refs[r.name] for r in part},
+                                     metrics=("bleu", "cider"))
+            cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
+        lines.append(f"| {lp:g} | {k} | {weight:g} | {mbr:g} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
     print(f"\n{args.split} split, {len(chosen)} images, beam {args.beam}, {', '.join(args.set)}\n")
     print("\n".join(lines))
 

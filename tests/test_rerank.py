@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from captioner.config import Config, with_decode_settings
 from captioner.decoding import Hypothesis
 from captioner.decoding.rerank import ConsensusReranker
+from captioner.errors import CaptionerError
 from conftest import untrained_model_file
 
 TRAIN_CAPTIONS = [[["a", "dog", "runs", "on", "the", "grass"], ["a", "brown", "dog", "runs", "on", "grass"]],
@@ -41,6 +43,22 @@ def test_weight_zero_keeps_the_beam_search_choice():
     beams, words = _beams()
     query = {"global": torch.tensor([[1.0, 0.05, 0.0]])}
     assert reranker.choose(query, [beams], [words], length_penalty=1.0) == [beams[0]]
+
+
+def test_minimum_bayes_risk_prefers_the_beam_the_other_beams_agree_with():
+    words = [["a", "cat", "sleeps", "on", "a", "sofa"], ["a", "dog", "runs", "on", "the", "grass"],
+             ["a", "dog", "runs", "on", "grass"], ["the", "dog", "runs", "on", "the", "grass"]]
+    beams = [Hypothesis([4] * 6, -3.0, True), Hypothesis([6] * 6, -3.2, True), Hypothesis([6] * 5, -3.0, True),
+             Hypothesis([6] * 6, -3.3, True)]  # the cat is likeliest per word (tied with beam 2, first wins)
+    query = {"global": torch.tensor([[0.0, 0.0, 1.0]])}  # near the bike: the neighbours back no beam
+    plain = ConsensusReranker(_train_feats(), TRAIN_CAPTIONS, k=1, weight=0.0, mbr_weight=0.0)
+    assert plain.choose(query, [beams], [words], length_penalty=1.0) == [beams[0]]
+    mbr = ConsensusReranker(_train_feats(), TRAIN_CAPTIONS, k=1, weight=0.0, mbr_weight=1.0)
+    agreement = mbr._expected_agreement(words, torch.full((4,), 0.25, dtype=torch.float64))
+    assert agreement[0] < 0.01 < agreement[2] and agreement[1] == agreement.max()  # the cat agrees with nobody
+    assert mbr.choose(query, [beams], [words], length_penalty=1.0) == [beams[1]]
+    with pytest.raises(CaptionerError, match="decode.mbr_weight >= 0"):
+        with_decode_settings(Config(), ["decode.mbr_weight=-1"])
 
 
 def test_an_ensemble_across_encoders_finds_neighbours_by_its_first_encoder():

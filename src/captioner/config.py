@@ -119,6 +119,7 @@ class DecodeConfig:
     consensus: bool = False
     consensus_k: int = 30
     consensus_weight: float = 0.3
+    mbr_weight: float = 0.0  # with consensus: + this x the beam's expected CIDEr-D against the image's other beams
 
     def banned(self, vocab) -> tuple[int, ...]:
         return (vocab.unk_id,) if self.ban_unk else ()
@@ -192,8 +193,9 @@ class Config:
         if self.train.scst_baseline not in ("greedy", "mean") or (
                 self.train.scst_baseline == "mean" and self.train.scst_samples < 2):
             raise file_error(source, "train.scst_baseline must be greedy, or mean with scst_samples >= 2")
-        if self.decode.consensus_k < 1 or self.decode.consensus_weight < 0:
-            raise file_error(source, "decode.consensus_k must be >= 1 and decode.consensus_weight >= 0")
+        if self.decode.consensus_k < 1 or self.decode.consensus_weight < 0 or self.decode.mbr_weight < 0:
+            raise file_error(source, "decode.consensus_k must be >= 1, decode.consensus_weight and "
+                             "decode.mbr_weight >= 0")
         if self.train.scst_bleu_weight < 0:
             raise file_error(source, "train.scst_bleu_weight must be >= 0")
         if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):

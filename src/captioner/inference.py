@@ -80,7 +80,7 @@ def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | 
     chosen, index = _training_globals(first, data, cache_root, progress)
     d = model.config.decode
     return ConsensusReranker(index, [r.captions for r in chosen], k=d.consensus_k, weight=d.consensus_weight,
-                             key="0.global" if model.sources else "global")
+                             key="0.global" if model.sources else "global", mbr_weight=d.mbr_weight)
 
 
 def with_consensus(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,

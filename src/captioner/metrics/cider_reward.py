@@ -44,6 +44,10 @@ class CiderD:
                 length += tf
         return vec, [math.sqrt(x) for x in norm], length
 
+    def vector(self, words: list[str]) -> tuple[list[dict], list[float], int]:
+        """A caption as a reference vector: what :meth:`score_against` takes in its ``refs`` list."""
+        return self._vector(ngrams(words))
+
     def score_one(self, name: str, words: list[str]) -> float:
         return self.score_against(words, self.refs[name])
 

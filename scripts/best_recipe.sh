@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Issue 6's best recipe, rebuilt on a CPU from what the repository holds: five decoders on two fine-tuned encoders,
+# decoded as one ensemble with consensus reranking (docs/RESULTS.md, "Shorter captions for BLEU-4").
+#   lite2          the shipped model's decoder (soft attention + 1 SCST epoch on the GPU-fine-tuned EfficientNet-Lite2),
+#                  reading the cached features of that encoder, which is written out as a local weights file
+#   lite0_pair.pt  the model shipped before it (git eb6f456): two soft decoders on a GPU-fine-tuned Lite0
+#   smooth         soft attention, label smoothing 0.1, from scratch on the Lite2 features (5 epochs, best CIDEr-D)
+#   smooth_scst    + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline)
+#   hard           hard attention (REINFORCE, Xu et al. 4.1) from scratch on the same features (5 epochs)
+#   hard_scst      + 1 SCST epoch with the test-time network (scst_dropout=false); decoded with the expected context
+# then scored on val at beam 5 (plain and reranked; decoding settings as DECODE below).
+# On the project's 2-core CPU (2026-12-03): features 7 min, smooth 5 x 3.6 min, its SCST 5 min, hard 5 x 3.7 min,
+# its SCST 4 min, each evaluation 2-3 min: about 1 hour 10 minutes.
+# Usage: scripts/best_recipe.sh DATA OUT      (DATA: Flickr8k, e.g. ../shared/data/flickr8k; OUT: a folder)
+# Resumable: a stage whose model.pt exists is skipped, an interrupted training resumes from its last checkpoint.
+set -euo pipefail
+DATA=$(realpath "$1") OUT=$2
+PY=${PYTHON:-python3}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$OUT"
+DECODE=(--set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30)
+
+if [ ! -f lite2.pt ]; then  # the shipped model's encoder as a weights file, its decoder reading that file's features
+  $PY - "$REPO/src/captioner/pretrained/model.pt" <<'EOF'
+import dataclasses
+import sys
+from pathlib import Path
+
+from captioner.checkpoint import load_model, save_model
+from captioner.encoders.base import file_sha1
+from captioner.io import torch_save_atomic
+
+model = load_model(sys.argv[1])
+weights = torch_save_atomic(Path("encoder.pth").resolve(), model.encoder_state)
+model.encoder_state, model.encoder["weights"] = None, file_sha1(weights)
+model.config = dataclasses.replace(model.config, encoder=dataclasses.replace(model.config.encoder, weights=str(weights)))
+save_model("lite2.pt", model)
+EOF
+fi
+[ -f lite0_pair.pt ] || git -C "$REPO" show eb6f456:src/captioner/pretrained/model.pt > lite0_pair.pt.tmp
+[ -f lite0_pair.pt ] || mv lite0_pair.pt.tmp lite0_pair.pt
+
+train() {  # name, captioner train arguments
+  local name=$1
+  shift
+  if [ -f "$name/model.pt" ]; then echo "$name: done before"; return; fi
+  local resume=()
+  if [ -f "$name/checkpoints/last.ckpt" ]; then resume=(--resume); fi
+  $PY -m captioner.cli train --data "$DATA" --out "$name" --no-progress "${resume[@]}" "$@"
+}
+ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
+SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
+      --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
+      --set train.max_epochs=1)
+train smooth --config soft_lite0 "${ENC[@]}" --set train.label_smoothing=0.1 --set train.max_epochs=5 \
+  --set train.monitor=cider
+train smooth_scst --config smooth/config.yaml --set train.init_from=smooth/model.pt "${SCST[@]}"
+train hard --config hard_lite0 "${ENC[@]}" --set train.monitor=cider --set train.max_epochs=5 \
+  --set train.early_stop_patience=3
+train hard_scst --config hard/config.yaml --set train.init_from=hard/model.pt "${SCST[@]}" --set train.scst_dropout=false
+
+# the first file's encoder (Lite2, features cached) finds the consensus neighbours
+MODELS=(--model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt --model hard_scst/model.pt)
+for setting in "1.0 false 0" "1.0 true 0.3" "0.7 true 0.5"; do
+  read -r lp consensus weight <<<"$setting"
+  report=val_lp${lp}_consensus-${consensus}_w$weight.json
+  [ -f "$report" ] && continue
+  $PY -m captioner.cli evaluate "${MODELS[@]}" --data "$DATA" --split val --beam-size 5 --no-progress \
+    "${DECODE[@]}" --set decode.length_penalty="$lp" --set decode.consensus="$consensus" \
+    --set decode.consensus_weight="$weight" --out "$report"
+done
