@@ -49,7 +49,7 @@ def test_minimum_bayes_risk_prefers_the_beam_the_other_beams_agree_with():
     words = [["a", "cat", "sleeps", "on", "a", "sofa"], ["a", "dog", "runs", "on", "the", "grass"],
              ["a", "dog", "runs", "on", "grass"], ["the", "dog", "runs", "on", "the", "grass"]]
     beams = [Hypothesis([4] * 6, -3.0, True), Hypothesis([6] * 6, -3.2, True), Hypothesis([6] * 5, -3.0, True),
-             Hypothesis([6] * 6, -3.3, True)]  # the cat is likeliest per word (tied with beam 2, first wins)
+             Hypothesis([6] * 6, -3.3, True)]  # the cat is likeliest per word
     query = {"global": torch.tensor([[0.0, 0.0, 1.0]])}  # near the bike: the neighbours back no beam
     plain = ConsensusReranker(_train_feats(), TRAIN_CAPTIONS, k=1, weight=0.0, mbr_weight=0.0)
     assert plain.choose(query, [beams], [words], length_penalty=1.0) == [beams[0]]
