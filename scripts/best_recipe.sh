@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Issue 6's best recipe, rebuilt on a CPU from what the repository holds: five decoders on two fine-tuned encoders,
-# decoded as one ensemble with consensus reranking (docs/RESULTS.md, "Shorter captions for BLEU-4").
-#   lite2          the shipped model's decoder (soft attention + 1 SCST epoch on the GPU-fine-tuned EfficientNet-Lite2),
-#                  reading the cached features of that encoder, which is written out as a local weights file
+# decoded as one ensemble with consensus reranking (docs/RESULTS.md, "The best recipe rebuilt").
+#   lite2.pt       the shipped model's decoder (soft attention + 1 SCST epoch on the GPU-fine-tuned
+#                  EfficientNet-Lite2), reading the cached features of that encoder, written out as encoder.pth
 #   lite0_pair.pt  the model shipped before it (git eb6f456): two soft decoders on a GPU-fine-tuned Lite0
 #   smooth         soft attention, label smoothing 0.1, from scratch on the Lite2 features (5 epochs, best CIDEr-D)
 #   smooth_scst    + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline)
 #   hard           hard attention (REINFORCE, Xu et al. 4.1) from scratch on the same features (5 epochs)
 #   hard_scst      + 1 SCST epoch with the test-time network (scst_dropout=false); decoded with the expected context
-# then scored on val at beam 5 (plain and reranked; decoding settings as DECODE below).
-# On the project's 2-core CPU (2026-12-03): features 7 min, smooth 5 x 3.6 min, its SCST 5 min, hard 5 x 3.7 min,
-# its SCST 4 min, each evaluation 2-3 min: about 1 hour 10 minutes.
+# then scored on val at beam 5: plain, reranked (length penalty 1.0, consensus weight 0.3) and reranked for BLEU-4
+# (length penalty 0.7, consensus weight 0.5); reports val_*.json in OUT.
+# On the project's 2-core CPU (2026-12-03): features 7 min, smooth 5 x 3.6-6 min, its SCST 4 min, hard 5 x 3.4 min,
+# its SCST 4 min, the three evaluations 7 min: about 1 hour 10 minutes (BLEU-4 24.7, 25.1, 25.4).
 # Usage: scripts/best_recipe.sh DATA OUT      (DATA: Flickr8k, e.g. ../shared/data/flickr8k; OUT: a folder)
 # Resumable: a stage whose model.pt exists is skipped, an interrupted training resumes from its last checkpoint.
 set -euo pipefail
