@@ -123,11 +123,15 @@ def test_the_study_script_tables_every_setting(synth, tmp_path):
     data, model, cache = synth
     script = Path(__file__).resolve().parents[1] / "scripts" / "consensus_study.py"
     result = subprocess.run([sys.executable, str(script), "--model", str(model), "--data", str(data), "--k", "2,4",
-                             "--weights", "0,0.5", "--set", "decode.length_penalty=1.0"], capture_output=True,
+                             "--weights", "0,0.5", "--mbr", "0,1", "--length-penalties", "0.5",
+                             "--set", "decode.length_penalty=1.0"], capture_output=True,
                             text=True, timeout=300, env={**os.environ, "CAPTIONER_CACHE": str(cache)})
     assert result.returncode == 0, result.stderr[-2000:]
     table = result.stdout.split("\n\n")[-1].strip().splitlines()
-    assert [row.split(" | ")[:2] for row in table[2:]] == [["| 2", "0"], ["| 2", "0.5"], ["| 4", "0.5"]]
+    # length penalty, k, weight, MBR weight; weight 0 reads no neighbours: one row for all k
+    assert [row.split(" | ")[:4] for row in table[2:]] == [
+        ["| 0.5", "2", "0", "0"], ["| 0.5", "2", "0", "1"], ["| 0.5", "2", "0.5", "0"], ["| 0.5", "2", "0.5", "1"],
+        ["| 0.5", "4", "0.5", "0"], ["| 0.5", "4", "0.5", "1"]]
 
 
 def test_export_does_not_store_consensus_reranking(synth, tmp_path):
