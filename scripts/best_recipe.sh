@@ -40,8 +40,9 @@ model.config = dataclasses.replace(model.config, encoder=dataclasses.replace(mod
 save_model("lite2.pt", model)
 EOF
 fi
-[ -f lite0_pair.pt ] || git -C "$REPO" show eb6f456:src/captioner/pretrained/model.pt > lite0_pair.pt.tmp
-[ -f lite0_pair.pt ] || mv lite0_pair.pt.tmp lite0_pair.pt
+if [ ! -f lite0_pair.pt ]; then  # written whole, then renamed: an interrupted copy is never taken for the file
+  git -C "$REPO" show eb6f456:src/captioner/pretrained/model.pt > lite0_pair.pt.tmp && mv lite0_pair.pt.tmp lite0_pair.pt
+fi
 
 train() {  # name, captioner train arguments
   local name=$1
