@@ -176,3 +176,28 @@ def test_the_web_demo_reranks_as_caption_does(synth, tmp_path, monkeypatch):
     assert reranked == cli("--consensus", str(data))
     assert plain == cli()
     assert reranked != plain
+
+
+def test_the_signals_script_tables_the_oracle_and_every_weight(synth, tmp_path):
+    import os
+    from pathlib import Path
+
+    data, model, cache = synth
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    env = {**os.environ, "CAPTIONER_CACHE": str(cache)}
+
+    def table(script, *extra):
+        result = subprocess.run([sys.executable, str(scripts / script), "--model", str(model), "--data", str(data),
+                                 "--set", "decode.length_penalty=1.0", *extra], capture_output=True, text=True,
+                                timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout, [row.split(" | ") for row in result.stdout.split("\n\n")[-1].strip().splitlines()[2:]]
+
+    out, rows = table("rerank_signals.py", "--length-penalties", "1", "--cider", "0,0.5", "--bleu", "0,1",
+                      "--match", "0,1", "--match-epochs", "1")
+    assert "matcher: text-to-image recall@1" in out
+    assert rows[0][0] == "| oracle (own references' BLEU-4)"
+    assert [r[:4] for r in rows[1:]] == [["| 1", c, b, m] for c in ("0", "0.5") for b in ("0", "1") for m in ("0", "1")]
+    # every weight 0: plain beam search, the row the consensus study prints for weight 0
+    _, plain = table("consensus_study.py", "--k", "30", "--weights", "0")
+    assert rows[1][4:] == plain[0][4:]

@@ -35,17 +35,15 @@ class ConsensusReranker:
         from: "global", or "0.global" for an ensemble across encoders); ``captions``: each image's tokenised
         captions, in the same order."""
         self.index = F.normalize(index.float(), dim=1).cpu()  # [N, D] unit vectors
+        self.captions = captions
         self.cider = CiderD({str(i): caps for i, caps in enumerate(captions)})
         self.k, self.weight, self.key, self.mbr_weight = k, weight, key, mbr_weight
 
     def choose(self, feats: dict[str, Tensor], nbest: list[list[Hypothesis]], words: list[list[list[str]]],
                length_penalty: float) -> list[Hypothesis]:
         """The chosen beam of each image; ``words``: the beams' captions as words, as ``nbest``."""
-        query = F.normalize(feats[self.key].float(), dim=1).cpu()  # [B, D]
-        k = min(self.k, self.index.size(0))
-        neighbours = (query @ self.index.T).topk(k, dim=1).indices.tolist()  # [B, k] most similar first
         chosen = []
-        for beams, beam_words, near in zip(nbest, words, neighbours, strict=True):
+        for beams, beam_words, near in zip(nbest, words, self.neighbours(feats), strict=True):
             refs = [v for j in near for v in self.cider.refs[str(j)]]
             scores = torch.tensor([h.score / max(1, len(h.tokens) + h.finished) ** length_penalty for h in beams],
                                   dtype=torch.float64)  # [K]
@@ -55,6 +53,12 @@ class ConsensusReranker:
                 totals += self.mbr_weight * self._expected_agreement(beam_words, scores.softmax(0))
             chosen.append(beams[int(totals.argmax())])
         return chosen
+
+    def neighbours(self, feats: dict[str, Tensor]) -> list[list[int]]:
+        """For each image of the batch, the rows of its ``k`` most similar training images, most similar first."""
+        query = F.normalize(feats[self.key].float(), dim=1).cpu()  # [B, D]
+        k = min(self.k, self.index.size(0))
+        return (query @ self.index.T).topk(k, dim=1).indices.tolist()  # [B, k]
 
     def _expected_agreement(self, beam_words: list[list[str]], probs: Tensor) -> Tensor:
         """[K] each beam's CIDEr-D against every other beam, weighted by the other's probability ``probs``."""
