@@ -41,30 +41,54 @@ def decode_nbest(model, feats, beam: int, batch_size: int = 100):
     return nbest, [[model.vocab.decode(h.tokens) for h in beams] for beams in nbest], batches
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_split_args(p: argparse.ArgumentParser) -> None:
+    """The models, the data and split, the beam size and --set: what both study scripts decode with."""
     p.add_argument("--model", type=Path, action="append", required=True)
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--split", default="val")
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--k", default="10,30,60")
-    p.add_argument("--weights", default="0,0.1,0.3,1")
-    p.add_argument("--mbr", default="0", help="minimum-Bayes-risk weights (decode.mbr_weight)")
-    p.add_argument("--length-penalties", help="length penalties (default: the model's)")
     add_decode_set(p)
-    args = p.parse_args()
+
+
+def decode_split(args):
+    """The model(s) of ``args``, the split's records, their n-best lists (beams, words, feature batches) and the
+    consensus reranker over the training split."""
     model = load_models(args.model)
     if args.set:
         model = with_settings(model, args.set)
     chosen, feats, _ = split_features(model, args.data, args.split, progress=False)
     nbest, words, batches = decode_nbest(model, feats, args.beam)
-    reranker = consensus_reranker(model, args.data, progress=False)  # k and weight set below
+    return model, chosen, nbest, words, batches, consensus_reranker(model, args.data, progress=False)
+
+
+HALVES = ("all", "first half", "second half")
+HALVES_HEADER = " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in HALVES)
+
+
+def score_halves(chosen, captions: dict[str, str]) -> list[str]:
+    """BLEU-4 and CIDEr-D (x100) of ``captions`` (image name -> caption) on the whole split and on its halves."""
     refs = {r.name: r.captions_raw for r in chosen}
-    halves = {"all": chosen, "first half": chosen[: len(chosen) // 2], "second half": chosen[len(chosen) // 2 :]}
+    cells = []
+    for part in (chosen, chosen[: len(chosen) // 2], chosen[len(chosen) // 2 :]):
+        scores, _ = score_corpus({r.name: captions[r.name] for r in part}, {r.name: refs[r.name] for r in part},
+                                 metrics=("bleu", "cider"))
+        cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
+    return cells
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_split_args(p)
+    p.add_argument("--k", default="10,30,60")
+    p.add_argument("--weights", default="0,0.1,0.3,1")
+    p.add_argument("--mbr", default="0", help="minimum-Bayes-risk weights (decode.mbr_weight)")
+    p.add_argument("--length-penalties", help="length penalties (default: the model's)")
+    args = p.parse_args()
+    model, chosen, nbest, words, batches, reranker = decode_split(args)  # k and weights set below
     lps = args.length_penalties or str(model.config.decode.length_penalty)
 
-    lines = ["| length penalty | k | weight | MBR weight | " + " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in halves)
-             + " |", "|---|---|---|---|" + "---|---|" * len(halves)]
+    lines = ["| length penalty | k | weight | MBR weight | " + HALVES_HEADER + " |",
+             "|---|---|---|---|" + "---|---|" * len(HALVES)]
     grid = [[float(x) for x in arg.split(",")] for arg in (lps, args.k, args.weights, args.mbr)]
     settings = [(lp, int(k), w, m) for lp in grid[0] for k in grid[1] for w in grid[2] for m in grid[3]]
     seen_k = {}  # weight 0: the neighbours are not read, the same for every k
@@ -78,11 +102,7 @@ def main() -> None:
             picked += reranker.choose(batch, nbest[start : start + size], words[start : start + size], lp)
             start += size
         caps = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, picked, strict=True)}
-        cells = []
-        for part in halves.values():
-            scores, _ = score_corpus({r.name: caps[r.name] for r in part}, {r.name: refs[r.name] for r in part},
-                                     metrics=("bleu", "cider"))
-            cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
+        cells = score_halves(chosen, caps)
         lines.append(f"| {lp:g} | {k} | {weight:g} | {mbr:g} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     print(f"\n{args.split} split, {len(chosen)} images, beam {args.beam}, {', '.join(args.set)}\n")

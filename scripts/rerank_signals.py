@@ -28,14 +28,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from consensus_study import DATA, decode_nbest
+from consensus_study import HALVES, HALVES_HEADER, add_split_args, decode_split, score_halves
 from torch import Tensor, nn
 
-from captioner.checkpoint import load_models, with_settings
-from captioner.cli import add_decode_set
-from captioner.inference import consensus_reranker, split_features
 from captioner.metrics.bleu_reward import BleuReward
-from captioner.metrics.coco import score_corpus
 
 MAX_WORDS = 20
 
@@ -97,23 +93,14 @@ def train_matcher(vocab, feats: Tensor, captions: list[list[list[str]]], epochs:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", required=True)
-    p.add_argument("--data", default=DATA)
-    p.add_argument("--split", default="val")
-    p.add_argument("--beam", type=int, default=5)
+    add_split_args(p)
     p.add_argument("--length-penalties", default="0.7,1")
     p.add_argument("--cider", default="0,0.3,0.5", help="CIDEr-D consensus weights")
     p.add_argument("--bleu", default="0,1,3", help="BLEU-4 consensus weights")
     p.add_argument("--match", default="0,1,3", help="image-caption match weights")
     p.add_argument("--match-epochs", type=int, default=30)
-    add_decode_set(p)
     args = p.parse_args()
-    model = load_models(args.model)
-    if args.set:
-        model = with_settings(model, args.set)
-    chosen, feats, _ = split_features(model, args.data, args.split, progress=False)
-    nbest, words, batches = decode_nbest(model, feats, args.beam)
-    reranker = consensus_reranker(model, args.data, progress=False)
+    model, chosen, nbest, words, batches, reranker = decode_split(args)
     train_refs = {str(i): caps for i, caps in enumerate(reranker.captions)}
     bleu = BleuReward(train_refs)
     query = torch.cat([b[reranker.key] for b in batches]).float().cpu()  # [n, D]
@@ -138,22 +125,13 @@ def main() -> None:
                 ids = pad([model.vocab.encode(w, add_special=False) for w in beam_words])
                 s[:, 4] = (matcher.text(*ids) @ image).numpy()
 
-    refs = {r.name: r.captions_raw for r in chosen}
-    halves = {"all": chosen, "first half": chosen[: len(chosen) // 2], "second half": chosen[len(chosen) // 2 :]}
-
     def row(pick: list[int]) -> list[str]:
-        caps = {r.name: " ".join(words[i][pick[i]]) for i, r in enumerate(chosen)}
-        cells = []
-        for part in halves.values():
-            scores, _ = score_corpus({r.name: caps[r.name] for r in part}, {r.name: refs[r.name] for r in part},
-                                     metrics=("bleu", "cider"))
-            cells += [f"{100 * scores['BLEU-4']:.2f}", f"{100 * scores['CIDEr-D']:.2f}"]
-        return cells
+        return score_halves(chosen, {r.name: " ".join(words[i][pick[i]]) for i, r in enumerate(chosen)})
 
     own_bleu = BleuReward({r.name: r.captions for r in chosen})
     oracle = [int(np.argmax([own_bleu.score_one(r.name, w) for w in words[i]])) for i, r in enumerate(chosen)]
-    lines = ["| length penalty | CIDEr-D consensus | BLEU-4 consensus | match | "
-             + " | ".join(f"BLEU-4 {h} | CIDEr-D {h}" for h in halves) + " |", "|---|---|---|---|" + "---|---|" * 3]
+    lines = ["| length penalty | CIDEr-D consensus | BLEU-4 consensus | match | " + HALVES_HEADER + " |",
+             "|---|---|---|---|" + "---|---|" * len(HALVES)]
     lines.append("| oracle (own references' BLEU-4) | | | | " + " | ".join(row(oracle)) + " |")
     print(lines[-1], flush=True)
     grid = [[float(x) for x in a.split(",")] for a in (args.length_penalties, args.cider, args.bleu)]
