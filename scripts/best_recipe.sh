@@ -8,8 +8,10 @@
 #   smooth_scst    + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline)
 #   hard           hard attention (REINFORCE, Xu et al. 4.1) from scratch on the same features (5 epochs)
 #   hard_scst      + 1 SCST epoch with the test-time network (scst_dropout=false); decoded with the expected context
-# then scored on val at beam 5: plain, reranked (length penalty 1.0, consensus weight 0.3) and reranked for BLEU-4
-# (length penalty 0.7, consensus weight 0.5); reports val_*.json in OUT.
+# then scored on val at beam 5: plain, reranked (length penalty 1.0, consensus weight 0.3), reranked for BLEU-4
+# (length penalty 0.7, consensus weight 0.5), and with the members' log-probabilities averaged (length penalty 0.7,
+# consensus weight 0.7: the best BLEU-4) and also reading the mirrored images (length penalty 0.8, consensus weight
+# 1.0: the best CIDEr-D); reports val_*.json in OUT.
 # On the project's 2-core CPU (2026-12-03): features 7 min, smooth 5 x 3.6-6 min, its SCST 4 min, hard 5 x 3.4 min,
 # its SCST 4 min, the three evaluations 7 min: about 1 hour 10 minutes (BLEU-4 24.7, 25.1, 25.4).
 # Usage: scripts/best_recipe.sh DATA OUT      (DATA: Flickr8k, e.g. ../shared/data/flickr8k; OUT: a folder)
@@ -65,11 +67,15 @@ train hard_scst --config hard/config.yaml --set train.init_from=hard/model.pt "$
 
 # the first file's encoder (Lite2, features cached) finds the consensus neighbours
 MODELS=(--model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt --model hard_scst/model.pt)
-for setting in "1.0 false 0" "1.0 true 0.3" "0.7 true 0.5"; do
-  read -r lp consensus weight <<<"$setting"
-  report=val_lp${lp}_consensus-${consensus}_w$weight.json
-  [ -f "$report" ] && continue
+for setting in "1.0 false 0 prob false" "1.0 true 0.3 prob false" "0.7 true 0.5 prob false" \
+               "0.7 true 0.7 logprob false" "0.8 true 1.0 logprob true"; do
+  read -r lp consensus weight mean flip <<<"$setting"
+  report=val_lp${lp}_consensus-${consensus}_w$weight
+  [ "$mean" = prob ] || report+=_$mean
+  [ "$flip" = false ] || report+=_flip
+  [ -f "$report.json" ] && continue
   $PY -m captioner.cli evaluate "${MODELS[@]}" --data "$DATA" --split val --beam-size 5 --no-progress \
     "${DECODE[@]}" --set decode.length_penalty="$lp" --set decode.consensus="$consensus" \
-    --set decode.consensus_weight="$weight" --out "$report"
+    --set decode.consensus_weight="$weight" --set decode.ensemble_mean="$mean" --set decode.flip="$flip" \
+    --out "$report.json"
 done

@@ -21,7 +21,7 @@ from captioner.checkpoint import load_models, with_settings
 from captioner.cli import add_decode_set
 from captioner.decoding import beam_search_nbest
 from captioner.devices import module_device
-from captioner.inference import consensus_reranker, split_features
+from captioner.inference import consensus_reranker, decoding_decoder, split_features
 from captioner.metrics.coco import score_corpus
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
@@ -31,11 +31,12 @@ def decode_nbest(model, feats, beam: int, batch_size: int = 100):
     """All K beams of every image and their captions as words."""
     options = model.config.decode.search_options(model.vocab)
     device = module_device(model.decoder)
+    decoder = decoding_decoder(model)  # (decode.flip: both views)
     n = next(iter(feats.values())).size(0)
     nbest, batches = [], []
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].to(device).float() for k, v in feats.items()}
-        nbest += beam_search_nbest(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+        nbest += beam_search_nbest(decoder, batch, model.vocab.start_id, model.vocab.end_id,
                                    beam_size=beam, max_len=30, **options)
         batches.append(batch)
     return nbest, [[model.vocab.decode(h.tokens) for h in beams] for beams in nbest], batches

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.checkpoint import CaptionModel, load_model, load_models, save_model
-from captioner.config import Config, ModelConfig, TrainConfig
+from captioner.checkpoint import CaptionModel, load_model, load_models, save_model, with_settings
+from captioner.config import Config, ModelConfig, TrainConfig, with_decode_settings
 from captioner.data.glove import init_embedding, load_glove
 from captioner.data.vocab import Vocab
 from captioner.decoders import build_decoder
@@ -125,6 +125,30 @@ def test_ensemble_members_can_read_features_of_different_encoders():
     assert len(beam_search(ens, routed, 1, 2, beam_size=3, max_len=8)) == 3
     with pytest.raises(ValueError, match="one entry per member"):
         EnsembleDecoder([a, c], feature_groups=[0])
+
+
+def test_ensemble_can_average_log_probabilities_set_by_decode_ensemble_mean(tmp_path):
+    a, b = small_decoder("soft").eval(), small_decoder("nic").eval()
+    feats = random_feats(3)
+    ens = EnsembleDecoder([a, b], mean="logprob").eval()
+    ctx, prev = ens.encode(feats), torch.full((3,), 1)
+    logp, _, _ = ens.step(ctx, ens.init_state(ctx), prev)
+    la, _, _ = a.step(a.encode(feats), a.init_state(a.encode(feats)), prev)
+    lb, _, _ = b.step(b.encode(feats), b.init_state(b.encode(feats)), prev)
+    assert torch.allclose(logp, F.log_softmax((la + lb) / 2, dim=-1), atol=1e-6)
+    assert not torch.allclose(logp.exp(), (la.exp() + lb.exp()) / 2, atol=1e-4)  # not the mean probability
+    with pytest.raises(ValueError, match="prob or logprob"):
+        EnsembleDecoder([a], mean="max")
+    # the setting reaches an ensemble of files, by --set and from the first file's config
+    files = [untrained_model_file(tmp_path / "soft.pt", "soft"), untrained_model_file(tmp_path / "nic.pt", "nic")]
+    model = load_models(files)
+    assert model.decoder.mean == "prob"
+    assert with_settings(model, ["decode.ensemble_mean=logprob"]).decoder.mean == "logprob"
+    with pytest.raises(CaptionerError, match="decode.ensemble_mean must be prob or logprob"):
+        with_settings(model, ["decode.ensemble_mean=max"])
+    first = load_model(files[0])
+    first.config = with_decode_settings(first.config, ["decode.ensemble_mean=logprob"])
+    assert load_models([save_model(tmp_path / "first.pt", first), files[1]]).decoder.mean == "logprob"
 
 
 def test_load_models_joins_compatible_files_and_refuses_others(tmp_path):

@@ -76,6 +76,8 @@ def with_settings(model: CaptionModel, overrides: list[str]) -> CaptionModel:
     """``model`` decoding with ``--set`` overrides (:func:`~captioner.config.with_decode_settings`): decode.*
     for the whole, and model.hard_inference for every hard-attention decoder in it."""
     model.config = with_decode_settings(model.config, overrides)
+    if hasattr(model.decoder, "mean"):  # an ensemble: how it averages its members (decode.ensemble_mean)
+        model.decoder.mean = model.config.decode.ensemble_mean
     if any(o.partition("=")[0] == "model.hard_inference" for o in overrides):
         set_hard_inference(model, model.config.model.hard_inference)  # (validated by with_decode_settings)
     return model
@@ -243,7 +245,7 @@ def load_model(path: str | Path) -> CaptionModel:
         return CaptionModel(decoders[0], vocab, config, dict(encoder), dict(metrics), encoder_state)
     from captioner.decoders.ensemble import EnsembleDecoder
 
-    return CaptionModel(EnsembleDecoder(decoders).eval(), vocab, config, dict(encoder), dict(metrics),
+    return CaptionModel(EnsembleDecoder(decoders, mean=config.decode.ensemble_mean).eval(), vocab, config, dict(encoder), dict(metrics),
                         encoder_state, configs)
 
 
@@ -274,7 +276,8 @@ def load_models(paths: list[str | Path]) -> CaptionModel:
         parts += m.parts()
         groups += [group] * len(m.parts())
     one_encoder = len(sources) == 1
-    decoder = EnsembleDecoder([d for d, _ in parts], feature_groups=None if one_encoder else groups).eval()
+    decoder = EnsembleDecoder([d for d, _ in parts], feature_groups=None if one_encoder else groups,
+                              mean=first.config.decode.ensemble_mean).eval()
     return CaptionModel(decoder, first.vocab, first.config, first.encoder, {"ensemble": [str(p) for p in paths]},
                         encoder_state=first.encoder_state if one_encoder else None,
                         member_configs=[c for _, c in parts], sources=[] if one_encoder else sources)

@@ -120,6 +120,12 @@ class DecodeConfig:
     consensus_k: int = 30
     consensus_weight: float = 0.3
     mbr_weight: float = 0.0  # with consensus: + this x the beam's expected CIDEr-D against the image's other beams
+    # an ensemble's word distribution: the mean of its members' probabilities (prob), or the normalised mean of
+    # their log-probabilities (logprob: a product of experts, which a word needs every member to back)
+    ensemble_mean: str = "prob"
+    # test-time augmentation: every decoder also reads the features of the mirrored image (left-right flip), and
+    # the two views decode as one ensemble (averaged as ensemble_mean says); evaluate, caption and serve
+    flip: bool = False
 
     def banned(self, vocab) -> tuple[int, ...]:
         return (vocab.unk_id,) if self.ban_unk else ()
@@ -196,6 +202,8 @@ class Config:
         if self.decode.consensus_k < 1 or self.decode.consensus_weight < 0 or self.decode.mbr_weight < 0:
             raise file_error(source, "decode.consensus_k must be >= 1, decode.consensus_weight and "
                              "decode.mbr_weight >= 0")
+        if self.decode.ensemble_mean not in ("prob", "logprob"):
+            raise file_error(source, f"decode.ensemble_mean must be prob or logprob, not {self.decode.ensemble_mean!r}")
         if self.train.scst_bleu_weight < 0:
             raise file_error(source, "train.scst_bleu_weight must be >= 0")
         if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):

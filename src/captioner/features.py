@@ -47,9 +47,11 @@ def default_cache_root() -> Path:
 
 
 def cache_dir_for(dataset_fingerprint: str, encoder: Encoder, root: str | Path | None = None) -> Path:
-    """``<root>/features/<fingerprint>-<name>-<weights>-s<input>-g<grid>`` (name gets ``.<layer>`` if set)."""
+    """``<root>/features/<fingerprint>-<name>-<weights>-s<input>-g<grid>`` (name gets ``.<layer>`` if set; a
+    mirroring encoder's features, of the images flipped left-right, end in ``-mirror``)."""
     d = encoder.describe()
     key = f"{dataset_fingerprint}-{_encoder_label(d)}-{d['weights']}-s{d['input_size']}-g{d['grid_size']}"
+    key += "-mirror" if d.get("mirror") else ""
     return Path(root or default_cache_root()) / "features" / key
 
 

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import torch
+from PIL import ImageOps
 
 from captioner.checkpoint import CaptionModel, with_settings
 from captioner.decoding import Hypothesis, beam_search, beam_search_nbest
@@ -55,18 +56,48 @@ def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_
     n = next(iter(features.values())).size(0)
     options = model.config.decode.search_options(model.vocab)
     device = module_device(model.decoder)
+    decoder = decoding_decoder(model)
     hyps: list[Hypothesis] = []
     for i in range(0, n, batch_size):
         batch = {k: v[i : i + batch_size].to(device).float() for k, v in features.items()}
         if not model.config.decode.consensus:
-            hyps += beam_search(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+            hyps += beam_search(decoder, batch, model.vocab.start_id, model.vocab.end_id,
                                 beam_size=beam_size, max_len=max_len, **options)
             continue
-        nbest = beam_search_nbest(model.decoder, batch, model.vocab.start_id, model.vocab.end_id,
+        nbest = beam_search_nbest(decoder, batch, model.vocab.start_id, model.vocab.end_id,
                                   beam_size=beam_size, max_len=max_len, **options)
         words = [[model.vocab.decode(h.tokens) for h in beams] for beams in nbest]
         hyps += reranker.choose(batch, nbest, words, options["length_penalty"])
     return hyps
+
+
+def decoding_decoder(model: CaptionModel):
+    """The decoder that decodes ``model``: its own, or with ``decode.flip`` each of its decoders twice, on the
+    image's features and on the mirrored image's (:func:`with_mirrored`), as one ensemble."""
+    from captioner.decoders.ensemble import EnsembleDecoder
+
+    if not model.config.decode.flip:
+        return model.decoder
+    ensemble = model.decoder if isinstance(model.decoder, EnsembleDecoder) else None
+    members = list(ensemble.members) if ensemble else [model.decoder]
+    groups = (ensemble.feature_groups if ensemble else None) or [0] * len(members)
+    views = len(model.sources) or 1  # the mirrored view of encoder j is feature group j + views
+    return EnsembleDecoder(members * 2, groups + [g + views for g in groups], mean=model.config.decode.ensemble_mean,
+                           mirrored=[False] * len(members) + [True] * len(members)).eval()
+
+
+def with_mirrored(model: CaptionModel, feats: dict[str, torch.Tensor],
+                  mirrored: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The features of both views for :func:`decoding_decoder`: those of the images as groups 0.. and those of
+    the mirrored images as groups G.. (G: the number of encoders; one encoder: "0.grid" and "1.grid")."""
+    views = len(model.sources) or 1
+    if not model.sources:  # one encoder: its entries ("grid", "global") become group 0's
+        feats, mirrored = {f"0.{k}": v for k, v in feats.items()}, {f"0.{k}": v for k, v in mirrored.items()}
+    shifted = {}
+    for key, v in mirrored.items():
+        group, _, name = key.partition(".")
+        shifted[f"{int(group) + views}.{name}"] = v
+    return feats | shifted
 
 
 def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
@@ -80,7 +111,7 @@ def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | 
     chosen, index = _training_globals(first, data, cache_root, progress)
     d = model.config.decode
     return ConsensusReranker(index, [r.captions for r in chosen], k=d.consensus_k, weight=d.consensus_weight,
-                             key="0.global" if model.sources else "global", mbr_weight=d.mbr_weight)
+                             key="0.global" if model.sources or d.flip else "global", mbr_weight=d.mbr_weight)
 
 
 def with_consensus(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
@@ -97,7 +128,7 @@ def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | P
     has no feature cache: its training images are encoded once, 256 at a time, and their global features kept
     in ``<cache>/consensus/<dataset>-<encoder>.pt``."""
     if model.encoder_state is None:
-        chosen, feats, _ = split_features(model, data, "train", cache_root, progress=progress)
+        chosen, feats, _ = _split_features(model, data, "train", cache_root, None, progress)  # the images alone
         return chosen, feats["global"]
     from captioner.data.readers import dataset_fingerprint, load_dataset
     from captioner.features import default_cache_root
@@ -183,7 +214,10 @@ def read_images(paths: list) -> tuple[list, list[str | None]]:
 def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_len: int = 30,
                    encoder=None, reranker=None) -> list[dict]:
     """Caption PIL images (already loaded): one :func:`hypothesis_dict` each."""
-    feats = encode_images(encoder or model_encoder(model), images)
+    encoder = encoder or model_encoder(model)
+    feats = encode_images(encoder, images)
+    if model.config.decode.flip:
+        feats = with_mirrored(model, feats, encode_images(encoder, [ImageOps.mirror(img) for img in images]))
     hyps = decode_batches(model, feats, beam_size, max_len, reranker=reranker)
     return [hypothesis_dict(model, hyp) for hyp in hyps]
 
@@ -234,12 +268,22 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
     """The images of a split that the model can caption, their encoder features and the names of the images
     that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Features come from the cache, or
     from the model's own encoder when it carries one (fine-tuned: its features are in no cache). An ensemble
-    across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}."""
+    across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}; ``decode.flip`` adds
+    those of the mirrored images (:func:`with_mirrored`; cached apart, in a folder ending ``-mirror``)."""
+    chosen, feats, failed = _split_features(model, data, split, cache_root, limit, progress)
+    if not model.config.decode.flip:
+        return chosen, feats, failed
+    _, mirrored, _ = _split_features(model, data, split, cache_root, limit, progress, mirror=True)
+    return chosen, with_mirrored(model, feats, mirrored), failed  # (a mirrored image reads as its original)
+
+
+def _split_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
+    """:func:`split_features` of one view: the images, or (``mirror``) the images flipped left-right."""
     from captioner.data.readers import load_dataset
     from captioner.training.train import load_features, split_rows
 
     if model.sources:
-        return _group_features(model, data, split, cache_root, limit, progress)
+        return _group_features(model, data, split, cache_root, limit, progress, mirror)
     if model.encoder_state is not None:
         dataset = load_dataset(data)
         by_path = {r.image: r for r in dataset.records if r.split == split}
@@ -247,10 +291,14 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
         images, errors = read_images(paths)
         chosen = [by_path[p] for p, img in zip(paths, images, strict=True) if img is not None]
         failed = sorted(Path(p).name for p, err in zip(paths, errors, strict=True) if err)
-        feats = encode_images(model_encoder(model), [img for img in images if img is not None]) if chosen else {}
+        kept = [(ImageOps.mirror(img) if mirror else img) for img in images if img is not None]
+        feats = encode_images(model_encoder(model), kept) if chosen else {}
     else:
-        dataset, records, _, cache = load_features(model.config, data, cache_root, progress,
-                                                   device=str(module_device(model.decoder)))
+        device = str(module_device(model.decoder))
+        dataset, records, _, cache = load_features(model.config, data, cache_root, progress, device=device)
+        in_split = [r for r in records if r.split == split]
+        if mirror and in_split:
+            cache = _mirrored_cache(model, dataset, in_split, split, cache_root, progress, device)
         failed = sorted(cache.failed)
         chosen, rows = split_rows(records, cache, split, limit)
         global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
@@ -260,9 +308,27 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
     return chosen, feats, failed
 
 
-def _group_features(model: CaptionModel, data, split, cache_root, limit, progress):
+def _mirrored_cache(model: CaptionModel, dataset, records: list, split: str, cache_root, progress: bool,
+                    device: str):
+    """The cached features of one split's images flipped left-right (extracted on first use), in a folder of
+    their own: the plain cache's name + ``-mirror-<split>``."""
+    from captioner.data.readers import dataset_fingerprint
+    from captioner.devices import extraction_options, pick_device
+    from captioner.features import cache_dir_for, get_or_extract
+    from captioner.training.train import build_encoder
+
+    encoder = build_encoder(model.config)
+    encoder.mirror = True
+    fingerprint = dataset_fingerprint(dataset)
+    out_dir = cache_dir_for(fingerprint, encoder, cache_root)
+    return get_or_extract(records, encoder, fingerprint=fingerprint, out_dir=out_dir.with_name(f"{out_dir.name}-{split}"),
+                          progress=progress, **extraction_options(pick_device(device)))
+
+
+def _group_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
     """:func:`split_features` for an ensemble across encoders: each file's, on the images all of them read."""
-    per_source = [split_features(source, data, split, cache_root, limit, progress) for source in model.sources]
+    per_source = [_split_features(source, data, split, cache_root, limit, progress, mirror)
+                  for source in model.sources]
     common = set.intersection(*({r.name for r in chosen} for chosen, _, _ in per_source))
     chosen = [r for r in per_source[0][0] if r.name in common]
     feats = {}

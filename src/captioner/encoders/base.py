@@ -70,6 +70,7 @@ class Encoder(nn.Module):
         self.global_dim = grid_dim  # the map averaged over positions; TinyEncoder overrides
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.mirror = False  # True: the images are flipped left-right first (test-time augmentation's 2nd view)
         own_keys = set(self.state_dict())
         self.ignorable_keys = {NET_PREFIX + k for k in source_keys} - own_keys
 
@@ -87,6 +88,8 @@ class Encoder(nn.Module):
         """``[B, 3, S, S] -> (global [B, global_dim], grid [B, grid_size**2, grid_dim])``."""
         if images.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"{self.name} expects {self.input_size}px images, got {tuple(images.shape)}")
+        if self.mirror:
+            images = images.flip(-1)  # [B, 3, S, S], left-right
         images = images.contiguous(memory_format=torch.channels_last)
         fmap = self.feature_map(images)  # [B, C, n, n]
         pooled = fmap
@@ -115,7 +118,7 @@ class Encoder(nn.Module):
             "grid_dim": self.grid_dim,
             "mean": list(self.mean),
             "std": list(self.std),
-        }
+        } | ({"mirror": True} if self.mirror else {})
 
     def freeze(self) -> Encoder:
         """Eval mode (batch-norm statistics fixed) and no gradients: a fixed feature extractor."""
