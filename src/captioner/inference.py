@@ -270,11 +270,12 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
     from the model's own encoder when it carries one (fine-tuned: its features are in no cache). An ensemble
     across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}; ``decode.flip`` adds
     those of the mirrored images (:func:`with_mirrored`; cached apart, in a folder ending ``-mirror``)."""
-    chosen, feats, failed = _split_features(model, data, split, cache_root, limit, progress)
+    plain = _split_features(model, data, split, cache_root, limit, progress)
     if not model.config.decode.flip:
-        return chosen, feats, failed
-    _, mirrored, _ = _split_features(model, data, split, cache_root, limit, progress, mirror=True)
-    return chosen, with_mirrored(model, feats, mirrored), failed  # (a mirrored image reads as its original)
+        return plain
+    chosen, (feats, mirrored), failed = _common_images(
+        [plain, _split_features(model, data, split, cache_root, limit, progress, mirror=True)])
+    return chosen, with_mirrored(model, feats, mirrored), failed
 
 
 def _split_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
@@ -327,18 +328,24 @@ def _mirrored_cache(model: CaptionModel, dataset, records: list, split: str, cac
 
 def _group_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
     """:func:`split_features` for an ensemble across encoders: each file's, on the images all of them read."""
-    per_source = [_split_features(source, data, split, cache_root, limit, progress, mirror)
-                  for source in model.sources]
-    common = set.intersection(*({r.name for r in chosen} for chosen, _, _ in per_source))
-    chosen = [r for r in per_source[0][0] if r.name in common]
-    feats = {}
-    for j, (records, f, _) in enumerate(per_source):
+    chosen, per_source, unread = _common_images([_split_features(source, data, split, cache_root, limit, progress,
+                                                                 mirror) for source in model.sources])
+    return chosen, {f"{j}.{k}": v for j, f in enumerate(per_source) for k, v in f.items()}, unread
+
+
+def _common_images(parts: list[tuple]) -> tuple[list, list[dict], list[str]]:
+    """Several (records, features, failed) of one split, cut to the images every one of them read: (records,
+    [features of each, rows in the order of those records], names of the images left out)."""
+    common = set.intersection(*({r.name for r in chosen} for chosen, _, _ in parts))
+    chosen = [r for r in parts[0][0] if r.name in common]
+    aligned = []
+    for records, f, _ in parts:
         rows = {r.name: i for i, r in enumerate(records)}
         index = torch.tensor([rows[r.name] for r in chosen])
-        feats |= {f"{j}.{k}": v[index] for k, v in f.items()}  # [n, ...] in the order of ``chosen``
-    unread = {name for _, _, bad in per_source for name in bad}  # by any encoder: not scored
-    unread |= {r.name for records, _, _ in per_source for r in records} - common
-    return chosen, feats, sorted(unread)
+        aligned.append({k: v[index] for k, v in f.items()})  # [n, ...] in the order of ``chosen``
+    unread = {name for _, _, bad in parts for name in bad}  # by any of them: not scored
+    unread |= {r.name for records, _, _ in parts for r in records} - common
+    return chosen, aligned, sorted(unread)
 
 
 def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
