@@ -13,7 +13,7 @@
 # consensus weight 0.7: the best BLEU-4) and also reading the mirrored images (length penalty 0.8, consensus weight
 # 1.0: the best CIDEr-D); reports val_*.json in OUT.
 # On the project's 2-core CPU (2026-12-03): features 7 min, smooth 5 x 3.6-6 min, its SCST 4 min, hard 5 x 3.4 min,
-# its SCST 4 min, the three evaluations 7 min: about 1 hour 10 minutes (BLEU-4 24.7, 25.1, 25.4).
+# its SCST 4 min, the five evaluations 16 min: about 1 hour 20 minutes (BLEU-4 24.7, 25.1, 25.4, 25.7, 25.6).
 # Usage: scripts/best_recipe.sh DATA OUT      (DATA: Flickr8k, e.g. ../shared/data/flickr8k; OUT: a folder)
 # Resumable: a stage whose model.pt exists is skipped, an interrupted training resumes from its last checkpoint.
 set -euo pipefail

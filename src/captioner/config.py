@@ -124,7 +124,8 @@ class DecodeConfig:
     # their log-probabilities (logprob: a product of experts, which a word needs every member to back)
     ensemble_mean: str = "prob"
     # test-time augmentation: every decoder also reads the features of the mirrored image (left-right flip), and
-    # the two views decode as one ensemble (averaged as ensemble_mean says); evaluate, caption and serve
+    # the two views decode as one ensemble (averaged as ensemble_mean says); evaluate, caption and serve (the
+    # decoded validation of a training run reads the images alone)
     flip: bool = False
 
     def banned(self, vocab) -> tuple[int, ...]:
