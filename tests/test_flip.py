@@ -15,6 +15,7 @@ from captioner.checkpoint import load_model, load_models, save_model, with_setti
 from captioner.data.synth import make_synth
 from captioner.decoders.ensemble import EnsembleDecoder, _unmirror
 from captioner.encoders import create_encoder
+from captioner.errors import CaptionerError
 from captioner.features import cache_dir_for
 from captioner.inference import (
     caption_images,
@@ -119,3 +120,32 @@ def test_evaluate_with_flip_and_consensus_from_the_command_line(files):
     assert run.returncode == 0, run.stderr[-2000:]
     report = json.loads(out.read_text())
     assert report["images"] == 6 and all(c["caption"] for c in report["captions"])
+
+
+def test_training_batches_read_the_mirrored_image_for_about_half_the_captions():
+    from captioner.training.data import CaptionBatches
+
+    plain = {"global": torch.zeros(4, 3), "grid": torch.zeros(4, 2, 3)}
+    mirrored = {"global": torch.ones(4, 3), "grid": torch.ones(4, 2, 3)}
+    captions, rows = torch.ones(400, 5, dtype=torch.long), torch.arange(400) % 4
+    batch = CaptionBatches(plain, captions, rows, mirrored)[list(range(400))]
+    flipped = batch["feats"]["global"][:, 0] == 1  # [400]
+    assert 150 < int(flipped.sum()) < 250
+    assert torch.equal(batch["feats"]["grid"][:, 0, 0] == 1, flipped)  # the grid with its own image's global
+    assert CaptionBatches(plain, captions, rows)[list(range(400))]["feats"]["global"].sum() == 0
+
+
+def test_training_with_flip_caches_the_mirrored_training_images(tmp_path):
+    from captioner.config import load_config
+    from captioner.training.train import train
+
+    data = make_synth(tmp_path / "synth", n_train=12, n_val=4, n_test=2, size=32)
+    sets = ["train.batch_size=16", "model.embed_dim=16", "model.hidden_dim=16", "model.attention_dim=8",
+            "train.max_epochs=1", "train.flip=true"]
+    model = load_model(train(load_config("synth_soft", sets), data, tmp_path / "run", tmp_path / "cache",
+                             progress=False))
+    assert model.config.train.flip
+    (folder,) = [p for p in (tmp_path / "cache" / "features").iterdir() if p.name.endswith("-mirror-train")]
+    assert len(json.loads((folder / "meta.json").read_text())["names"]) == 12  # the training images alone
+    with pytest.raises(CaptionerError, match="not with encoder.finetune"):
+        load_config("synth_soft", ["train.flip=true", "encoder.finetune=true"])

@@ -88,6 +88,9 @@ class TrainConfig:
     deterministic: bool = True
     bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)
     label_smoothing: float = 0.0  # e.g. 0.1: the target keeps 0.9 of its weight, the rest spread over the vocab
+    # data augmentation: each training caption reads its image mirrored (left-right) with probability 0.5, from
+    # the cached features of the mirrored training images (cross-entropy on cached features; SCST reads the images)
+    flip: bool = False
     # scheduled sampling: the probability of feeding the model its own sampled word instead of the reference
     # rises linearly from 0 at epoch ss_start to ss_max over ss_ramp epochs (0: off)
     ss_max: float = 0.0
@@ -205,6 +208,9 @@ class Config:
                              "decode.mbr_weight >= 0")
         if self.decode.ensemble_mean not in ("prob", "logprob"):
             raise file_error(source, f"decode.ensemble_mean must be prob or logprob, not {self.decode.ensemble_mean!r}")
+        if self.train.flip and self.encoder.finetune:
+            raise file_error(source, "train.flip reads cached features of the mirrored images: not with "
+                             "encoder.finetune")
         if self.train.scst_bleu_weight < 0:
             raise file_error(source, "train.scst_bleu_weight must be >= 0")
         if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):

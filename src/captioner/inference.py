@@ -281,7 +281,7 @@ def split_features(model: CaptionModel, data: str | Path, split: str = "val", ca
 def _split_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
     """:func:`split_features` of one view: the images, or (``mirror``) the images flipped left-right."""
     from captioner.data.readers import load_dataset
-    from captioner.training.train import load_features, split_rows
+    from captioner.training.train import load_features, load_mirrored_features, split_rows
 
     if model.sources:
         return _group_features(model, data, split, cache_root, limit, progress, mirror)
@@ -299,7 +299,7 @@ def _split_features(model: CaptionModel, data, split, cache_root, limit, progres
         dataset, records, _, cache = load_features(model.config, data, cache_root, progress, device=device)
         in_split = [r for r in records if r.split == split]
         if mirror and in_split:
-            cache = _mirrored_cache(model, dataset, in_split, split, cache_root, progress, device)
+            cache = load_mirrored_features(model.config, dataset, in_split, split, cache_root, progress, device)
         failed = sorted(cache.failed)
         chosen, rows = split_rows(records, cache, split, limit)
         global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
@@ -307,23 +307,6 @@ def _split_features(model: CaptionModel, data, split, cache_root, limit, progres
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
     return chosen, feats, failed
-
-
-def _mirrored_cache(model: CaptionModel, dataset, records: list, split: str, cache_root, progress: bool,
-                    device: str):
-    """The cached features of one split's images flipped left-right (extracted on first use), in a folder of
-    their own: the plain cache's name + ``-mirror-<split>``."""
-    from captioner.data.readers import dataset_fingerprint
-    from captioner.devices import extraction_options, pick_device
-    from captioner.features import cache_dir_for, get_or_extract
-    from captioner.training.train import build_encoder
-
-    encoder = build_encoder(model.config)
-    encoder.mirror = True
-    fingerprint = dataset_fingerprint(dataset)
-    out_dir = cache_dir_for(fingerprint, encoder, cache_root)
-    return get_or_extract(records, encoder, fingerprint=fingerprint, out_dir=out_dir.with_name(f"{out_dir.name}-{split}"),
-                          progress=progress, **extraction_options(pick_device(device)))
 
 
 def _group_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):

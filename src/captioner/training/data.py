@@ -32,8 +32,11 @@ def encode_captions(records: list[ImageRecord], rows: list[int], vocab: Vocab,
 class CaptionBatches(Dataset):
     """Item i of this dataset is a whole batch: the list of caption indices given by the batch sampler."""
 
-    def __init__(self, features: dict[str, Tensor], captions: Tensor, rows: Tensor):
-        self.features, self.captions, self.rows = features, captions, rows
+    def __init__(self, features: dict[str, Tensor], captions: Tensor, rows: Tensor,
+                 mirrored: dict[str, Tensor] | None = None):
+        """``mirrored``: the features of the mirrored images in the same rows (train.flip): each caption of a
+        batch reads them instead with probability 0.5."""
+        self.features, self.captions, self.rows, self.mirrored = features, captions, rows, mirrored
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -44,6 +47,10 @@ class CaptionBatches(Dataset):
         width = int((caps != 0).sum(1).max())
         rows = self.rows[index_t]
         feats = {k: v[rows].float() for k, v in self.features.items()}  # fp16 cache -> fp32
+        if self.mirrored is not None:
+            flip = torch.rand(len(rows)) < 0.5  # [B] which captions read the mirrored image
+            for k, v in feats.items():
+                v[flip] = self.mirrored[k][rows[flip]].float()
         return {"feats": feats, "captions": caps[:, :width]}
 
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
+from torch import Tensor
 
 from captioner.checkpoint import CaptionModel, load_model, save_model
 from captioner.config import Config
@@ -25,7 +26,7 @@ from captioner.devices import extraction_options, pick_device
 from captioner.distributed import barrier, join_early, processes_per_node
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError, file_error
-from captioner.features import get_or_extract
+from captioner.features import cache_dir_for, get_or_extract
 from captioner.io import torch_save_atomic, write_text_atomic
 from captioner.metrics.bleu_reward import BleuReward, MixedReward
 from captioner.metrics.cider_reward import CiderD
@@ -62,6 +63,20 @@ def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None =
     cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
                            progress=progress, **extraction_options(device))
     return dataset, records, encoder, cache
+
+
+def load_mirrored_features(cfg: Config, dataset, records, split: str, cache_root: str | Path | None = None,
+                           progress: bool = True, device: str | None = None):
+    """The feature cache of one split's images flipped left-right (extracted on first use), in a folder of its
+    own: the plain cache's name + ``-mirror-<split>``."""
+    encoder = build_encoder(cfg)
+    encoder.mirror = True
+    fingerprint = dataset_fingerprint(dataset)
+    out_dir = cache_dir_for(fingerprint, encoder, cache_root)
+    device = pick_device(device or ("auto" if _on_gpu(cfg) else "cpu"))
+    return get_or_extract([r for r in records if r.split == split], encoder, fingerprint=fingerprint,
+                          out_dir=out_dir.with_name(f"{out_dir.name}-{split}"), progress=progress,
+                          **extraction_options(device))
 
 
 def split_rows(records, cache, split: str, limit: int | None = None):
@@ -234,7 +249,9 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     else:
         global_t, grid_t = cache.load_all()
         features = {"global": global_t, "grid": grid_t}  # whole cache in memory
-        train_set = CaptionBatches(features, captions, owners)
+        train_set = CaptionBatches(features, captions, owners,
+                                   _mirrored_rows(cfg, dataset, records, cache, features, cache_root, progress)
+                                   if t.flip else None)
         if t.scst:  # SCST samples captions per image and scores them against all its references
             train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
         val_set = ImageBatches(features, val_rows, val_keys)
@@ -295,6 +312,21 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         export_best(best, module, out_dir, vocab, cfg, desc)
     barrier()  # the other processes return once model.pt is there
     return out_dir / "model.pt"
+
+
+def _mirrored_rows(cfg: Config, dataset, records, cache, features: dict[str, Tensor], cache_root,
+                   progress: bool) -> dict[str, Tensor]:
+    """train.flip: the mirrored training images' features, in the rows of the plain cache's ``features`` (an
+    image whose mirror is missing keeps its plain features)."""
+    mirrored = load_mirrored_features(cfg, dataset, records, "train", cache_root, progress)
+    out = {k: v.clone() for k, v in features.items()}  # [N, D], [N, L, C]
+    pairs = [(cache.index[name], row) for name, row in mirrored.index.items()
+             if name in cache.index and name not in mirrored.failed]
+    if pairs:
+        plain, rows = (torch.tensor(x) for x in zip(*pairs, strict=True))
+        m_global, m_grid = mirrored.load_rows(rows.tolist())
+        out["global"][plain], out["grid"][plain] = m_global, m_grid
+    return out
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
