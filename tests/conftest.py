@@ -51,3 +51,20 @@ def untrained_model_file(path: Path, kind: str = "soft", hard_inference: str | N
     with torch.no_grad():
         decoder.fc.bias[vocab.end_id] -= 8.0
     return save_model(path, CaptionModel(decoder, vocab, cfg, enc.describe()))
+
+
+def carrying_encoder_file(first: Path, path: Path) -> Path:
+    """``first``'s decoder with an encoder of its own (other tiny-encoder weights, pooled to a 3x3 grid), carried
+    in the file as a fine-tuned one is: its features exist only through that encoder."""
+    import dataclasses
+
+    from captioner.checkpoint import load_model, save_model
+    from captioner.encoders import create_encoder
+
+    enc = create_encoder("tiny", weights="none", grid_size=3)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # other weights than first's encoder
+    other = dataclasses.replace(load_model(first), encoder=enc.describe(), encoder_state=enc.state_dict())
+    other.config.encoder.grid_size = 3
+    return save_model(path, other)

@@ -1,7 +1,6 @@
 """Ensembles across encoders: `--model a.pt --model b.pt` where the files read different encoder features, each
 file's decoders reading its own encoder's (synthetic data, tiny encoders)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import torch
 from captioner.checkpoint import load_model, load_models, save_model
 from captioner.data.synth import make_synth
 from captioner.decoding import Hypothesis
-from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.inference import (
     caption_files,
@@ -23,7 +21,7 @@ from captioner.inference import (
     model_encoder,
     read_images,
 )
-from conftest import untrained_model_file
+from conftest import carrying_encoder_file, untrained_model_file
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +31,7 @@ def two_encoders(tmp_path_factory):
     root = tmp_path_factory.mktemp("cross")
     data = make_synth(root / "synth", n_train=8, n_val=6, n_test=2, seed=4)
     first = untrained_model_file(root / "a.pt", "soft")
-    enc = create_encoder("tiny", weights="none", grid_size=3)
-    with torch.no_grad():
-        for p in enc.parameters():
-            p.add_(0.1 * torch.randn_like(p))  # other weights than a.pt's encoder
-    other = load_model(first)
-    other = dataclasses.replace(other, encoder=enc.describe(), encoder_state=enc.state_dict())
-    other.config.encoder.grid_size = 3
-    save_model(root / "b.pt", other)
-    return root, data, first, root / "b.pt"
+    return root, data, first, carrying_encoder_file(first, root / "b.pt")
 
 
 def _cli(*args, cache):

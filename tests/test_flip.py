@@ -1,7 +1,6 @@
 """Test-time flip (decode.flip): every decoder also reads the mirrored image's features, the two views decoding as
 one ensemble (synthetic data, tiny encoders)."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +10,7 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from captioner.checkpoint import load_model, load_models, save_model, with_settings
+from captioner.checkpoint import load_model, load_models, with_settings
 from captioner.data.synth import make_synth
 from captioner.decoders.ensemble import EnsembleDecoder, _unmirror
 from captioner.encoders import create_encoder
@@ -27,7 +26,7 @@ from captioner.inference import (
     split_features,
     with_mirrored,
 )
-from conftest import untrained_model_file
+from conftest import carrying_encoder_file, untrained_model_file
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +35,7 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("flip")
     data = make_synth(root / "synth", n_train=8, n_val=6, n_test=2, seed=5)
     first = untrained_model_file(root / "a.pt", "soft")
-    enc = create_encoder("tiny", weights="none", grid_size=3)
-    with torch.no_grad():
-        for p in enc.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    other = dataclasses.replace(load_model(first), encoder=enc.describe(), encoder_state=enc.state_dict())
-    other.config.encoder.grid_size = 3
-    save_model(root / "b.pt", other)
+    carrying_encoder_file(first, root / "b.pt")
     images = read_images(sorted((data / "images").glob("*.png"))[:3])[0]
     return root, data, first, root / "b.pt", images
 
