@@ -119,8 +119,8 @@ def test_training_batches_read_the_mirrored_image_for_about_half_the_captions():
     from captioner.training.data import CaptionBatches
 
     plain = {"global": torch.zeros(4, 3), "grid": torch.zeros(4, 2, 3)}
-    mirrored = {"global": torch.ones(4, 3), "grid": torch.ones(4, 2, 3)}
-    captions, rows = torch.ones(400, 5, dtype=torch.long), torch.arange(400) % 4
+    mirrored = ({"global": torch.ones(3, 3), "grid": torch.ones(3, 2, 3)}, torch.tensor([2, 0, 1, -1]))
+    captions, rows = torch.ones(400, 5, dtype=torch.long), torch.arange(400) % 3  # rows 0-2: each has a mirror
     batch = CaptionBatches(plain, captions, rows, mirrored)[list(range(400))]
     flipped = batch["feats"]["global"][:, 0] == 1  # [400]
     assert 150 < int(flipped.sum()) < 250

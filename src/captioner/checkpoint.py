@@ -75,8 +75,10 @@ class CaptionModel:
 def with_settings(model: CaptionModel, overrides: list[str]) -> CaptionModel:
     """``model`` decoding with ``--set`` overrides (:func:`~captioner.config.with_decode_settings`): decode.*
     for the whole, and model.hard_inference for every hard-attention decoder in it."""
+    from captioner.decoders.ensemble import EnsembleDecoder
+
     model.config = with_decode_settings(model.config, overrides)
-    if hasattr(model.decoder, "mean"):  # an ensemble: how it averages its members (decode.ensemble_mean)
+    if isinstance(model.decoder, EnsembleDecoder):  # how it averages its members
         model.decoder.mean = model.config.decode.ensemble_mean
     if any(o.partition("=")[0] == "model.hard_inference" for o in overrides):
         set_hard_inference(model, model.config.model.hard_inference)  # (validated by with_decode_settings)
@@ -245,8 +247,8 @@ def load_model(path: str | Path) -> CaptionModel:
         return CaptionModel(decoders[0], vocab, config, dict(encoder), dict(metrics), encoder_state)
     from captioner.decoders.ensemble import EnsembleDecoder
 
-    return CaptionModel(EnsembleDecoder(decoders, mean=config.decode.ensemble_mean).eval(), vocab, config, dict(encoder), dict(metrics),
-                        encoder_state, configs)
+    ensemble = EnsembleDecoder(decoders, mean=config.decode.ensemble_mean).eval()
+    return CaptionModel(ensemble, vocab, config, dict(encoder), dict(metrics), encoder_state, configs)
 
 
 def load_models(paths: list[str | Path]) -> CaptionModel:

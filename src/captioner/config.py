@@ -207,7 +207,8 @@ class Config:
             raise file_error(source, "decode.consensus_k must be >= 1, decode.consensus_weight and "
                              "decode.mbr_weight >= 0")
         if self.decode.ensemble_mean not in ("prob", "logprob"):
-            raise file_error(source, f"decode.ensemble_mean must be prob or logprob, not {self.decode.ensemble_mean!r}")
+            raise file_error(source, "decode.ensemble_mean must be prob or logprob, "
+                             f"not {self.decode.ensemble_mean!r}")
         if self.train.flip and self.encoder.finetune:
             raise file_error(source, "train.flip reads cached features of the mirrored images: not with "
                              "encoder.finetune")

@@ -70,7 +70,7 @@ class Encoder(nn.Module):
         self.global_dim = grid_dim  # the map averaged over positions; TinyEncoder overrides
         self.mean = tuple(mean)
         self.std = tuple(std)
-        self.mirror = False  # True: the images are flipped left-right first (the second view of decode.flip, train.flip)
+        self.mirror = False  # True: images flipped left-right first (decode.flip's, train.flip's second view)
         own_keys = set(self.state_dict())
         self.ignorable_keys = {NET_PREFIX + k for k in source_keys} - own_keys
 

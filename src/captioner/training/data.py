@@ -33,9 +33,9 @@ class CaptionBatches(Dataset):
     """Item i of this dataset is a whole batch: the list of caption indices given by the batch sampler."""
 
     def __init__(self, features: dict[str, Tensor], captions: Tensor, rows: Tensor,
-                 mirrored: dict[str, Tensor] | None = None):
-        """``mirrored``: the features of the mirrored images in the same rows (train.flip): each caption of a
-        batch reads them instead with probability 0.5."""
+                 mirrored: tuple[dict[str, Tensor], Tensor] | None = None):
+        """``mirrored`` (train.flip): the features of the mirrored images and, for each row of ``features``, the
+        row of its mirror there (-1: none); each caption of a batch reads its mirror with probability 0.5."""
         self.features, self.captions, self.rows, self.mirrored = features, captions, rows, mirrored
 
     def __len__(self) -> int:
@@ -48,9 +48,11 @@ class CaptionBatches(Dataset):
         rows = self.rows[index_t]
         feats = {k: v[rows].float() for k, v in self.features.items()}  # fp16 cache -> fp32
         if self.mirrored is not None:
-            flip = torch.rand(len(rows)) < 0.5  # [B] which captions read the mirrored image
+            mirror_feats, mirror_of = self.mirrored
+            mirror_rows = mirror_of[rows]  # [B]
+            flip = (torch.rand(len(rows)) < 0.5) & (mirror_rows >= 0)  # [B] which captions read the mirror
             for k, v in feats.items():
-                v[flip] = self.mirrored[k][rows[flip]].float()
+                v[flip] = mirror_feats[k][mirror_rows[flip]].float()
         return {"feats": feats, "captions": caps[:, :width]}
 
 

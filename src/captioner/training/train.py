@@ -249,9 +249,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     else:
         global_t, grid_t = cache.load_all()
         features = {"global": global_t, "grid": grid_t}  # whole cache in memory
-        train_set = CaptionBatches(features, captions, owners,
-                                   _mirrored_rows(cfg, dataset, records, cache, features, cache_root, progress)
-                                   if t.flip else None)
+        mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress) if t.flip else None
+        train_set = CaptionBatches(features, captions, owners, mirrored)
         if t.scst:  # SCST samples captions per image and scores them against all its references
             train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
         val_set = ImageBatches(features, val_rows, val_keys)
@@ -314,19 +313,16 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     return out_dir / "model.pt"
 
 
-def _mirrored_rows(cfg: Config, dataset, records, cache, features: dict[str, Tensor], cache_root,
-                   progress: bool) -> dict[str, Tensor]:
-    """train.flip: the mirrored training images' features, in the rows of the plain cache's ``features`` (an
-    image whose mirror is missing keeps its plain features)."""
+def _mirrored_rows(cfg: Config, dataset, records, cache, cache_root, progress: bool) -> tuple[dict, Tensor]:
+    """train.flip: the mirrored training images' features, and for each row of the plain cache the row of its
+    mirror among them (-1: none, e.g. a validation image)."""
     mirrored = load_mirrored_features(cfg, dataset, records, "train", cache_root, progress)
-    out = {k: v.clone() for k, v in features.items()}  # [N, D], [N, L, C]
-    pairs = [(cache.index[name], row) for name, row in mirrored.index.items()
-             if name in cache.index and name not in mirrored.failed]
-    if pairs:
-        plain, rows = (torch.tensor(x) for x in zip(*pairs, strict=True))
-        m_global, m_grid = mirrored.load_rows(rows.tolist())
-        out["global"][plain], out["grid"][plain] = m_global, m_grid
-    return out
+    global_t, grid_t = mirrored.load_all()  # [M, D], [M, L, C]
+    mirror_of = torch.full((len(cache.names),), -1, dtype=torch.long)  # [N]
+    for name, row in mirrored.index.items():
+        if name in cache.index and name not in mirrored.failed:
+            mirror_of[cache.index[name]] = row
+    return {"global": global_t, "grid": grid_t}, mirror_of
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
