@@ -62,11 +62,11 @@ ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set en
 SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
       --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
       --set train.max_epochs=1)
-ENC+=(--set train.seed="${SEED:-0}")
-train smooth --config soft_lite0 "${ENC[@]}" --set train.label_smoothing=0.1 --set train.max_epochs=5 \
+SEEDED=(--set train.seed="${SEED:-0}")
+train smooth --config soft_lite0 "${ENC[@]}" "${SEEDED[@]}" --set train.label_smoothing=0.1 --set train.max_epochs=5 \
   --set train.monitor=cider
 train smooth_scst --config smooth/config.yaml --set train.init_from=smooth/model.pt "${SCST[@]}"
-train hard --config hard_lite0 "${ENC[@]}" --set train.monitor=cider --set train.max_epochs=5 \
+train hard --config hard_lite0 "${ENC[@]}" "${SEEDED[@]}" --set train.monitor=cider --set train.max_epochs=5 \
   --set train.early_stop_patience=3
 train hard_scst --config hard/config.yaml --set train.init_from=hard/model.pt "${SCST[@]}" --set train.scst_dropout=false
 
