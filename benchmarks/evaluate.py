@@ -7,7 +7,7 @@
     python benchmarks/evaluate.py --quick         # 100 synthetic images, an untrained model (a smoke run)
 
 Runs the real command in a subprocess and times all of it (start-up, loading, beam search, PTB
-tokenisation, BLEU, ROUGE-L, CIDEr-D). Target (issue 3): <= 60 s for 1000 images.
+tokenisation, BLEU, ROUGE-L, CIDEr-D). Target: <= 60 s for 1000 images.
 """
 
 import argparse

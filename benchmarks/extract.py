@@ -7,7 +7,7 @@
 raw    the encoder on already decoded, resized and normalised tensors (batches of 32): the ceiling
 files  ``captioner.features.extract_features`` on the same files: JPEG decoding, resizing, the same
        forward passes and writing the cache, with 0 and 1 DataLoader workers
-Target (issue 3): files >= 0.8x raw, i.e. reading images must not be the bottleneck.
+Target: files >= 0.8x raw, i.e. reading images must not be the bottleneck.
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Every benchmark runs in its --quick mode (in `make test`), so none of them rots between measurements.
 
-The numbers printed here mean nothing (small shapes, a busy machine); the figures in docs/PERFORMANCE.md come
+The numbers printed here mean nothing (small shapes, a busy machine); the figures in docs/performance.md come
 from the full runs written next to them.
 """
 

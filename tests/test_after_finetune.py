@@ -1,4 +1,4 @@
-"""scripts/after_finetune.sh: from a fine-tuned model to a scored two-decoder ensemble file (synthetic data)."""
+"""recipes/after_finetune.sh: from a fine-tuned model to a scored two-decoder ensemble file (synthetic data)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from captioner.config import load_config
 from captioner.data.synth import make_synth
 from captioner.training.train import train
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "after_finetune.sh"
+SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "after_finetune.sh"
 
 
 def test_after_finetune_makes_a_scored_ensemble_and_resumes(tmp_path):

@@ -1,4 +1,4 @@
-"""scripts/attention_check.py: the tampered attention maps are what the decoder really uses."""
+"""experiments/attention_check.py: the tampered attention maps are what the decoder really uses."""
 
 import importlib.util
 from pathlib import Path
@@ -9,8 +9,10 @@ import torch
 from captioner.decoding import beam_search
 from conftest import LOCATIONS, random_feats, small_decoder
 
+pytestmark = pytest.mark.slow  # the tests of an experiments/ study
+
 _spec = importlib.util.spec_from_file_location(
-    "attention_check", Path(__file__).resolve().parents[1] / "scripts" / "attention_check.py")
+    "attention_check", Path(__file__).resolve().parents[1] / "experiments" / "attention_check.py")
 attention_check = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(attention_check)
 

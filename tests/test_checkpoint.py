@@ -180,7 +180,7 @@ def test_a_newer_format_is_refused_with_a_clear_message(tmp_path):
 
 
 def test_files_of_the_earlier_int8_encoder_format_still_load(tmp_path):
-    """captioner-model/1+int8-encoder (written until 2026-11-27, e.g. the model shipped that morning) is read."""
+    """captioner-model/1+int8-encoder (written by earlier versions) is read."""
     from captioner.checkpoint import MODEL_FORMAT_INT8, quantize_int8
 
     model = _model("soft")

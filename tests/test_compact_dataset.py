@@ -1,4 +1,4 @@
-"""scripts/compact_dataset.py: a small WebP copy of a dataset that reads back as the same dataset."""
+"""tools/compact_dataset.py: a small WebP copy of a dataset that reads back as the same dataset."""
 
 import importlib.util
 import zipfile
@@ -10,7 +10,7 @@ from captioner.data.readers import load_dataset
 from captioner.data.synth import make_synth
 
 _spec = importlib.util.spec_from_file_location(
-    "compact_dataset", Path(__file__).resolve().parents[1] / "scripts" / "compact_dataset.py")
+    "compact_dataset", Path(__file__).resolve().parents[1] / "tools" / "compact_dataset.py")
 compact_dataset = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(compact_dataset)
 

@@ -116,12 +116,13 @@ def test_caption_needs_the_training_captions_to_rerank(synth, tmp_path):
     assert ok.stdout.strip()
 
 
+@pytest.mark.slow  # runs an experiments/ study
 def test_the_study_script_tables_every_setting(synth, tmp_path):
     import os
     from pathlib import Path
 
     data, model, cache = synth
-    script = Path(__file__).resolve().parents[1] / "scripts" / "consensus_study.py"
+    script = Path(__file__).resolve().parents[1] / "experiments" / "consensus_study.py"
     result = subprocess.run([sys.executable, str(script), "--model", str(model), "--data", str(data), "--k", "2,4",
                              "--weights", "0,0.5", "--mbr", "0,1", "--length-penalties", "0.5",
                              "--set", "decode.length_penalty=1.0"], capture_output=True,
@@ -178,18 +179,19 @@ def test_the_web_demo_reranks_as_caption_does(synth, tmp_path, monkeypatch):
     assert reranked != plain
 
 
+@pytest.mark.slow  # runs two experiments/ studies
 def test_the_signals_script_tables_the_oracle_and_every_weight(synth, tmp_path):
     import os
     from pathlib import Path
 
     data, model, cache = synth
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
     env = {**os.environ, "CAPTIONER_CACHE": str(cache)}
 
     def table(script, *extra):
-        result = subprocess.run([sys.executable, str(scripts / script), "--model", str(model), "--data", str(data),
-                                 "--set", "decode.length_penalty=1.0", *extra], capture_output=True, text=True,
-                                timeout=300, env=env)
+        result = subprocess.run([sys.executable, str(experiments / script), "--model", str(model), "--data",
+                                 str(data), "--set", "decode.length_penalty=1.0", *extra], capture_output=True,
+                                text=True, timeout=300, env=env)
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout, [row.split(" | ") for row in result.stdout.split("\n\n")[-1].strip().splitlines()[2:]]
 

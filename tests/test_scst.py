@@ -182,7 +182,7 @@ def test_init_from_a_model_on_other_encoder_weights_is_warned(tmp_path, caplog):
         _check_start_features(start, {**ours, "weights": "tuned.pth"}, "start.pt")
         start.encoder_state = {"stem.weight": torch.zeros(1)}
         _check_start_features(start, ours, "start.pt")
-        # the weights it carries are this run's (scripts/after_finetune.sh saves them as the run's weights file;
+        # the weights it carries are this run's (recipes/after_finetune.sh saves them as the run's weights file;
         # stored in float16 in the model, read back as float32): nothing to say
         own = create_encoder("tiny", weights="none").state_dict()
         start.encoder_state = {k: v.half().float() if v.is_floating_point() else v for k, v in own.items()}

@@ -1,4 +1,4 @@
-"""Beyond the base (issue 6): label smoothing, scheduled sampling, GloVe vectors, ensembles, n-gram blocking
+"""Training and decoding techniques: label smoothing, scheduled sampling, GloVe vectors, ensembles, n-gram blocking
 and the repetition penalty."""
 
 from types import SimpleNamespace

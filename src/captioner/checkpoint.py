@@ -19,7 +19,7 @@ from captioner.errors import CaptionerError, file_error
 from captioner.io import torch_save_atomic
 
 MODEL_FORMAT = "captioner-model/1"  # one decoder, float weights
-# read only: /1 with the encoder's weight tensors in int8 (written until 2026-11-27)
+# read only: /1 with the encoder's weight tensors in int8 (written by earlier versions)
 MODEL_FORMAT_INT8 = "captioner-model/1+int8-encoder"
 # several decoders (a test-time ensemble in one file) and/or weight tensors in int8: a version that cannot
 # read these refuses the file instead of loading integers as weights or only the first decoder
@@ -148,7 +148,7 @@ def quantize_int8(state: dict) -> tuple[dict, dict]:
 
     Convolutions whose filters read at most 3 input channels (depthwise ones, and a stem reading the RGB image)
     are left as they are: few weights, and the ones int8 rounding hurts (the shipped ensemble's val CIDEr-D:
-    55.6 with a float16 encoder, 55.0 with every convolution in int8, 55.4 with these kept; docs/RESULTS.md)."""
+    55.6 with a float16 encoder, 55.0 with every convolution in int8, 55.4 with these kept; docs/history/results-log.md)."""
     out, scales = dict(state), {}
     for k, v in state.items():
         if v.is_floating_point() and v.dim() >= 2 and not (v.dim() == 4 and v.shape[1] <= 3):

@@ -257,6 +257,24 @@ def add_decode_set(s) -> None:
                         "--set decode.length_penalty=1.0 or --set model.hard_inference=argmax (repeatable)")
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_search_size(s) -> None:
+    """--beam-size and --max-len: None unless given, which means the model's decode.beam_size / decode.max_len
+    (as its file stores them, or as --set changes them for the run)."""
+    s.add_argument("--beam-size", type=positive_int, metavar="N",
+                   help="beam size; 1 is greedy decoding (default: the model's decode.beam_size, stored in its "
+                        "file from its training config, usually 5; --set decode.beam_size=N changes it)")
+    s.add_argument("--max-len", type=positive_int, metavar="N",
+                   help="longest caption in words (default: the model's decode.max_len, stored in its file from "
+                        "its training config, usually 30; --set decode.max_len=N changes it)")
+
+
 def add_member(s, what: str) -> None:
     s.add_argument("--member", type=int, metavar="N",
                    help=f"{what} only the Nth decoder of an ensemble (counting from 1), alone")
@@ -297,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="YAML config file, or the name of a shipped one (e.g. soft_lite0, synth_soft)")
         s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value, e.g. --set train.max_epochs=3 (repeatable)")
-        s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
+        s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE, else .cache/captioner in the home folder)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
 
     s = sub.add_parser("features", help="extract encoder features of a dataset into the cache (resumable)")
@@ -318,8 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the model shipped with captioner); repeat it to decode with an ensemble")
     s.add_argument("--data", required=True, help=data_help)
     s.add_argument("--split", default="val", help="split to score (default val)")
-    s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
-    s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    add_search_size(s)
     s.add_argument("--limit", type=int, help="score only the first N images of the split")
     s.add_argument("--out", help="JSON file for the metric table and per-image captions and scores")
     s.add_argument("--report", metavar="DIR", help="write an HTML gallery of the split to DIR/index.html: "
@@ -328,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tokenizer", default="auto", choices=["auto", "ptb", "python"],
                    help="ptb: coco-caption's Java PTB tokenizer; python: our copy of it; auto: ptb if Java exists")
     s.add_argument("--no-meteor", action="store_true", help="skip METEOR (the slowest metric; needs Java)")
-    s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE or ~/.cache/captioner)")
+    s.add_argument("--cache", help="feature cache root (default $CAPTIONER_CACHE, else .cache/captioner in the home folder)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_member(s, "score")
     add_device(s, "where decoding (and a fine-tuned encoder) runs")
@@ -348,8 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", action="append", help="model file (model.pt) or a run's Lightning checkpoint "
                    "(default: the model shipped with captioner); repeat it to decode with an ensemble")
     s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
-    s.add_argument("--beam-size", type=int, default=5, help="beam size; 1 is greedy decoding (default 5)")
-    s.add_argument("--max-len", type=int, default=30, help="longest caption in words (default 30)")
+    add_search_size(s)
     add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "
                    "attention figure (NAME.attention.png) and captions.json")
@@ -386,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--embed-encoder)")
     s.add_argument("--int8-decoder", action="store_true",
                    help="store the decoder's weight matrices in int8, one scale per output row (a quarter of "
-                        "float32; measure the model after: docs/RESULTS.md)")
+                        "float32; measure the model after: docs/results.md)")
     add_decode_set(s)
     add_member(s, "write")
     s.set_defaults(func=cmd_export)

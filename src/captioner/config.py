@@ -1,4 +1,5 @@
-"""Experiment configuration: YAML files in ``configs/`` loaded into small dataclasses.
+"""Experiment configuration: YAML files (those shipped in ``captioner/configs``, or any path) loaded into small
+dataclasses. docs/configuration.md, which tools/config_reference.py writes from this file, lists every key.
 
 A config names a model, an encoder, data options, training and decoding settings. It is passed explicitly
 to whatever needs it (no global config), stored inside every checkpoint, and written next to every run.
@@ -18,117 +19,141 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class ModelConfig:
-    type: str = "soft"  # nic | soft | hard | uniform (mean-pooled context: the attention ablation) | updown
-    embed_dim: int = 512
-    hidden_dim: int = 512
-    attention_dim: int = 512
-    dropout: float = 0.5
-    alpha_c: float = 1.0  # doubly stochastic attention regularisation (soft, hard)
+    """The caption decoder: its kind, sizes and training terms (fixed once a model is trained, but for
+    ``hard_inference``)."""
+
+    # nic (Show and Tell) | soft | hard (Show, Attend and Tell) | uniform (soft attention with equal weights: the
+    # attention ablation) | updown (Up-Down top-down attention, Anderson et al. 2018)
+    type: str = "soft"
+    embed_dim: int = 512  # size of the word embedding (with glove: the vectors' size)
+    hidden_dim: int = 512  # size of the LSTM state (both LSTMs of updown)
+    attention_dim: int = 512  # size of the attention network's hidden layer (attention models)
+    dropout: float = 0.5  # dropout probability inside the decoder (training only)
+    # weight of Xu et al.'s doubly stochastic attention regularisation: over a caption, every grid cell should
+    # get about as much attention in total (soft, hard)
+    alpha_c: float = 1.0
     # attention models' output layer: true = Xu et al.'s deep output L_o tanh(E y + L_h h + L_z z) (eq. 7);
     # false = L_o h, the plain layer of the common tutorial code
     deep_output: bool = True
-    # hard attention (Xu et al. 2015, section 4.1)
-    reinforce_weight: float = 1.0  # lambda_r: weight of the score-function (REINFORCE) term
-    entropy_weight: float = 0.002  # lambda_e: weight of the attention entropy bonus
-    baseline_decay: float = 0.9  # moving-average baseline b <- decay * b + (1 - decay) * log p(y|s)
-    # REINFORCE reward: word = log p(y|s,a) per word, as Xu et al.'s released code computes it (arctic-captions,
-    # RL_sumCost): it does not grow with caption length, so a moving-average baseline over batches of different
-    # lengths stays comparable; caption = the whole caption's log p(y|s,a) (the paper's eq. 11). On Flickr8k
-    # "word" was ahead on val CIDEr-D in 9 of 10 epochs and ended >= on every metric (docs/RESULTS.md)
+    # hard attention (Xu et al. 2015, section 4.1): lambda_r, the weight of the score-function (REINFORCE) term
+    reinforce_weight: float = 1.0
+    entropy_weight: float = 0.002  # hard attention: lambda_e, the weight of the attention entropy bonus
+    # hard attention: the REINFORCE baseline is a moving average, b <- decay * b + (1 - decay) * reward
+    baseline_decay: float = 0.9
+    # hard attention's REINFORCE reward: word = log p(y|s,a) per word, as Xu et al.'s released code computes it
+    # (length-independent; better on Flickr8k: docs/results.md); caption = the whole caption's log p(y|s,a) (eq. 11)
     reinforce_reward: str = "word"
-    expected_context_prob: float = 0.5  # use the expected (soft) context for this fraction of captions
-    # hard attention's context at decoding time: expected (the alpha-weighted mean of the grid, what Xu et al.'s
-    # released generate_caps.py decodes with unless -sampling is given), argmax (the most likely cell: the
-    # default before 2026-11-27) or sample. On Flickr8k val all 7 hard models scored higher with "expected"
-    # (BLEU-4 +0.4 to +1.5, CIDEr-D +1.5 to +4.0; docs/RESULTS.md). Per run: --set model.hard_inference=argmax
+    # hard attention, training: the fraction of captions that use the expected (soft) context instead of
+    # sampled locations
+    expected_context_prob: float = 0.5
+    # hard attention's context when decoding: expected (the attention-weighted mean of the grid, as Xu et al.'s
+    # released code decodes; better on Flickr8k: docs/results.md), argmax (the most likely cell) or sample
     hard_inference: str = "expected"
-    glove: str | None = None  # word vectors in GloVe text format to start the embedding from (dims = embed_dim)
-    freeze_embeddings: bool = False  # keep the word embedding fixed (e.g. GloVe vectors as they are)
+    # word vectors in GloVe text format to start the embedding from (their size must equal embed_dim)
+    glove: str | None = None
+    freeze_embeddings: bool = False  # keep the word embedding fixed in training (e.g. GloVe vectors as they are)
 
 
 @dataclass
 class EncoderConfig:
+    """The image encoder (a CNN pretrained on ImageNet) whose features the decoder reads."""
+
+    # efficientnet_lite0 | efficientnet_lite1 | efficientnet_lite2 | mobilenet_v2 | resnet101 | vgg19 | tiny
+    # (a small untrained network for tests and the synthetic dataset)
     name: str = "efficientnet_lite0"
-    weights: str = "imagenet"  # imagenet | none | path to a local state_dict file
-    input_size: int | None = None  # None: the encoder's default
-    grid_size: int | None = None  # None: the encoder's natural grid
-    layer: str | None = None  # encoder-specific alternative feature layer
-    finetune: bool = False  # compute features in the training loop and train the encoder too
-    lr: float = 1.0e-4  # encoder learning rate when finetune is on
-    finetune_blocks: int | None = None  # fine-tune only the encoder's last N blocks (None: all of it)
+    weights: str = "imagenet"  # imagenet | none (random) | path to a local state_dict file
+    input_size: int | None = None  # side of the square input image in pixels (null: the encoder's default)
+    # side of the feature grid: the feature map is average-pooled down to it (null: the encoder's own grid)
+    grid_size: int | None = None
+    layer: str | None = None  # an earlier feature layer, where the encoder offers one (mobilenet_v2: features14)
+    finetune: bool = False  # compute the features in the training loop and train the encoder too (GPU advised)
+    lr: float = 1.0e-4  # the encoder's learning rate when finetune is on
+    finetune_blocks: int | None = None  # fine-tune only the encoder's last N blocks (null: all of it)
 
 
 @dataclass
 class DataConfig:
-    min_word_freq: int = 5
-    max_caption_len: int = 50  # longer training captions are cut (the <end> token is kept)
+    """How the training captions become token sequences."""
+
+    min_word_freq: int = 5  # words seen fewer times in the training captions become <unk>
+    max_caption_len: int = 50  # longer training captions are cut to this many words (the <end> token is kept)
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 32
-    lr: float = 4.0e-4
-    weight_decay: float = 0.0
-    max_epochs: int = 20
+    """Training: optimisation, model selection on decoded validation captions, hardware, and the optional
+    techniques (scheduled sampling, label smoothing, mirrored images, SCST)."""
+
+    batch_size: int = 32  # captions per step (with several processes: the total across them)
+    lr: float = 4.0e-4  # the decoder's learning rate (Adam)
+    weight_decay: float = 0.0  # Adam's L2 weight decay
+    max_epochs: int = 20  # most epochs to train
     max_time: str | None = None  # wall-clock limit on fitting, "DD:HH:MM:SS"; the best epoch so far is exported
-    grad_clip: float = 5.0
-    lr_factor: float = 0.8  # multiply the LR by this when the monitored metric stalls
-    lr_patience: int = 2
-    early_stop_patience: int = 5
-    monitor: str = "bleu4"  # decoded validation metric: bleu4 | cider
-    val_beam_size: int = 3
-    val_max_len: int = 30
-    val_images: int | None = None  # score only the first N val images (None: all)
-    seed: int = 0
+    grad_clip: float = 5.0  # clip the gradient norm to this (0: no clipping)
+    # multiply the learning rate by this after lr_patience epochs without a better monitored metric
+    lr_factor: float = 0.8
+    lr_patience: int = 2  # epochs without a better monitored metric before the learning rate drops
+    early_stop_patience: int = 5  # stop after this many epochs without a better monitored metric
+    # the decoded validation metric that picks the best epoch and drives the LR drops and early stopping:
+    # bleu4 | cider (CIDEr-D)
+    monitor: str = "bleu4"
+    val_beam_size: int = 3  # beam size of the decoded validation after every epoch
+    val_max_len: int = 30  # longest validation caption in words
+    val_images: int | None = None  # score only the first N val images (null: all)
+    seed: int = 0  # random seed (initial weights, batch order, sampling)
     precision: str = "auto"  # auto (bf16/16-mixed on CUDA, 32 on CPU) | 32 | 16-mixed | bf16-mixed
-    accelerator: str = "auto"
+    accelerator: str = "auto"  # Lightning's accelerator: auto (a GPU when torch sees one) | cpu | gpu
     devices: str | int = "auto"  # processes per machine; more than 1 trains with DDP (batch_size is the total)
     num_nodes: int = 1  # machines (torchrun / SLURM set both themselves)
-    num_workers: int = 0
+    num_workers: int = 0  # data-loader worker processes (0: load batches in the training process)
+    # deterministic algorithms, for repeatable runs (on a GPU: only a warning for an operation that has none)
     deterministic: bool = True
     bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)
     label_smoothing: float = 0.0  # e.g. 0.1: the target keeps 0.9 of its weight, the rest spread over the vocab
     # data augmentation: each training caption reads its image mirrored (left-right) with probability 0.5, from
-    # the cached features of the mirrored training images (cross-entropy on cached features; SCST reads the images)
+    # the cached features of the mirrored training images (cross-entropy training; SCST reads the plain images)
     flip: bool = False
-    # scheduled sampling: the probability of feeding the model its own sampled word instead of the reference
-    # rises linearly from 0 at epoch ss_start to ss_max over ss_ramp epochs (0: off)
+    # scheduled sampling: the highest probability of feeding the model its own sampled word instead of the
+    # reference word (0: off); it rises linearly from 0 at epoch ss_start to ss_max over ss_ramp epochs
     ss_max: float = 0.0
-    ss_start: int = 0
-    ss_ramp: int = 5
+    ss_start: int = 0  # scheduled sampling: the first epoch (counting from 0) that feeds sampled words
+    ss_ramp: int = 5  # scheduled sampling: epochs until the probability reaches ss_max
     init_from: str | None = None  # a model.pt to start from (its vocabulary too): e.g. SCST after cross-entropy
     # self-critical sequence training (Rennie et al. 2017): reward = CIDEr-D of sampled captions against the
-    # image's training references, baseline = the greedy caption's reward, or the mean of the other samples
+    # image's training references, baseline = the greedy caption's reward or the mean of the other samples
     scst: bool = False
-    scst_samples: int = 5
-    scst_baseline: str = "greedy"  # greedy | mean
-    scst_max_len: int = 16
-    scst_dropout: bool = True  # sample in train mode (dropout on; hard attention samples its locations, their
-    # log-probabilities joining the score function), as the usual SCST code; false: the test-time network
+    scst_samples: int = 5  # SCST: captions sampled per image
+    scst_baseline: str = "greedy"  # SCST baseline: greedy | mean (of the image's other samples; needs 2 samples)
+    scst_max_len: int = 16  # SCST: longest sampled (and greedy) caption in words
+    # SCST samples in train mode (dropout on; hard attention samples its locations too), as the usual SCST
+    # code; false: with the test-time network
+    scst_dropout: bool = True
     scst_bleu_weight: float = 0.0  # > 0: reward = CIDEr-D + this x sentence BLEU-4 (coco-caption's per image)
 
 
 @dataclass
 class DecodeConfig:
-    beam_size: int = 5
-    max_len: int = 30
+    """How a trained model captions (evaluate, caption, serve). Stored in every model file: ``--set
+    decode.KEY=VALUE`` changes a setting for one run, ``export --set`` stores it anew, and ``--beam-size`` /
+    ``--max-len`` override beam_size / max_len."""
+
+    beam_size: int = 5  # beam width (1: greedy decoding)
+    max_len: int = 30  # longest caption in words
     length_penalty: float = 0.0  # 0: plain sum of log-probs; 1: mean log-prob per word
     ban_unk: bool = True  # never output <unk> (a caption for people, not a placeholder)
     block_ngram: int = 0  # n > 1: a caption never repeats an n-gram (3 stops "a man in a man in a ...")
     repetition_penalty: float = 0.0  # nats off a word's log-probability per earlier use in the caption
-    # consensus reranking (decoding/rerank.py): choose among the K beams by score + weight x CIDEr-D against the
-    # captions of the consensus_k nearest training images; needs the training split (evaluate --data, caption
-    # --consensus DATA)
+    # consensus reranking: choose among the beams by score + consensus_weight x CIDEr-D against the captions of
+    # the nearest training images; needs the training split (evaluate --data, caption/serve --consensus DATA)
     consensus: bool = False
-    consensus_k: int = 30
-    consensus_weight: float = 0.3
+    consensus_k: int = 30  # consensus reranking: how many nearest training images' captions to compare with
+    consensus_weight: float = 0.3  # consensus reranking: the weight of the CIDEr-D agreement in a beam's score
     mbr_weight: float = 0.0  # with consensus: + this x the beam's expected CIDEr-D against the image's other beams
     # an ensemble's word distribution: the mean of its members' probabilities (prob), or the normalised mean of
     # their log-probabilities (logprob: a product of experts, which a word needs every member to back)
     ensemble_mean: str = "prob"
-    # test-time augmentation: every decoder also reads the features of the mirrored image (left-right flip), and
-    # the two views decode as one ensemble (averaged as ensemble_mean says); evaluate, caption and serve (the
-    # decoded validation of a training run reads the images alone)
+    # test-time augmentation: every decoder also reads the features of the mirrored image (left-right flip), the
+    # two views decoding as one ensemble (as ensemble_mean says); not in the validation during training
     flip: bool = False
 
     def banned(self, vocab) -> tuple[int, ...]:
@@ -140,8 +165,8 @@ class DecodeConfig:
                     repetition_penalty=self.repetition_penalty)
 
 
-# Settings whose default changed: the old value, for configs saved before the setting existed
-# per-word reward became the default on 2026-11-26, the expected context on 2026-11-27
+# Settings added with a default other than the behaviour before them: a saved config (a run's config.yaml, a
+# model file) that lacks one was trained with this older value, and keeps it
 LEGACY = {"model": {"reinforce_reward": "caption", "hard_inference": "argmax"}}
 
 
@@ -212,6 +237,8 @@ class Config:
         if self.train.flip and self.encoder.finetune:
             raise file_error(source, "train.flip reads cached features of the mirrored images: not with "
                              "encoder.finetune")
+        if self.decode.beam_size < 1 or self.decode.max_len < 1:
+            raise file_error(source, "decode.beam_size and decode.max_len must be >= 1")
         if self.train.scst_bleu_weight < 0:
             raise file_error(source, "train.scst_bleu_weight must be >= 0")
         if self.train.max_time is not None and not re.fullmatch(r"\d+:\d\d:\d\d:\d\d", str(self.train.max_time)):

@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 
 
 def default_cache_root() -> Path:
-    """``$CAPTIONER_CACHE``, else ``~/.cache/captioner``."""
+    """``$CAPTIONER_CACHE``, else ``.cache/captioner`` in the user's home folder."""
     return Path(os.environ.get("CAPTIONER_CACHE") or Path.home() / ".cache" / "captioner")
 
 

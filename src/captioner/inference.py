@@ -44,16 +44,26 @@ def model_encoder(model: CaptionModel, weights: str | None = None):
     return encoder.to(module_device(model.decoder))
 
 
-def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int = 5,
-                   max_len: int = 30, batch_size: int = 100, reranker=None) -> list[Hypothesis]:
+def search_size(model: CaptionModel, beam_size: int | None = None, max_len: int | None = None) -> tuple[int, int]:
+    """(beam size, longest caption in words) to decode ``model`` with: ``beam_size`` / ``max_len`` when given
+    (--beam-size, --max-len), else the model's ``decode.beam_size`` / ``decode.max_len`` (as its file stores
+    them, with any --set applied)."""
+    d = model.config.decode
+    return (d.beam_size if beam_size is None else beam_size), (d.max_len if max_len is None else max_len)
+
+
+def decode_batches(model: CaptionModel, features: dict[str, torch.Tensor], beam_size: int | None = None,
+                   max_len: int | None = None, batch_size: int = 100, reranker=None) -> list[Hypothesis]:
     """Beam-search every row of ``features`` ({"global": [N, D], "grid": [N, L, C]}), ``batch_size`` at a
-    time, with the model's decoding settings (length penalty, banned words, n-gram blocking, ...).
+    time, with the model's decoding settings (beam size and length unless given: :func:`search_size`; length
+    penalty, banned words, n-gram blocking, ...).
     ``reranker``: a :class:`~captioner.decoding.rerank.ConsensusReranker` (:func:`consensus_reranker`),
     which the setting ``decode.consensus`` asks for."""
     if model.config.decode.consensus and reranker is None:
         raise CaptionerError("decode.consensus=true reranks with the training captions: evaluate reads them from "
                              "--data, caption and serve from --consensus DATA")
     n = next(iter(features.values())).size(0)
+    beam_size, max_len = search_size(model, beam_size, max_len)
     options = model.config.decode.search_options(model.vocab)
     device = module_device(model.decoder)
     decoder = decoding_decoder(model)
@@ -167,9 +177,11 @@ def _encoder_key(model: CaptionModel) -> str:
     return h.hexdigest()[:16]
 
 
-def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
-                  batch_size: int = 16, encoder=None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Caption image files. Returns (results, failures); a bad file is reported, the rest still captioned."""
+def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int | None = None,
+                  max_len: int | None = None, batch_size: int = 16,
+                  encoder=None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Caption image files. Returns (results, failures); a bad file is reported, the rest still captioned.
+    ``beam_size`` / ``max_len``: the model's decoding settings unless given (:func:`search_size`)."""
     results, failures = [], []
     for path, _image, outcome in iter_captions(model, paths, beam_size, max_len, batch_size, encoder):
         if isinstance(outcome, str):
@@ -179,8 +191,8 @@ def caption_files(model: CaptionModel, paths: list[str | Path], beam_size: int =
     return results, failures
 
 
-def iter_captions(model: CaptionModel, paths: list[str | Path], beam_size: int = 5, max_len: int = 30,
-                  batch_size: int = 16, encoder=None, reranker=None):
+def iter_captions(model: CaptionModel, paths: list[str | Path], beam_size: int | None = None,
+                  max_len: int | None = None, batch_size: int = 16, encoder=None, reranker=None):
     """Caption image files ``batch_size`` at a time (memory stays flat for any number of files).
 
     Yields ``(path, image, result)`` in input order: ``result`` is a :func:`hypothesis_dict`, or for a file
@@ -211,7 +223,7 @@ def read_images(paths: list) -> tuple[list, list[str | None]]:
     return images, errors
 
 
-def caption_images(model: CaptionModel, images: list, beam_size: int = 5, max_len: int = 30,
+def caption_images(model: CaptionModel, images: list, beam_size: int | None = None, max_len: int | None = None,
                    encoder=None, reranker=None) -> list[dict]:
     """Caption PIL images (already loaded): one :func:`hypothesis_dict` each."""
     encoder = encoder or model_encoder(model)
@@ -331,13 +343,14 @@ def _common_images(parts: list[tuple]) -> tuple[list, list[dict], list[str]]:
     return chosen, aligned, sorted(unread)
 
 
-def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int = 5, max_len: int = 30,
-             cache_root: str | Path | None = None, out: str | Path | None = None, tokenizer: str = "auto",
-             metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"), limit: int | None = None,
-             progress: bool = True, report_dir: str | Path | None = None) -> dict:
+def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int | None = None,
+             max_len: int | None = None, cache_root: str | Path | None = None, out: str | Path | None = None,
+             tokenizer: str = "auto", metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
+             limit: int | None = None, progress: bool = True, report_dir: str | Path | None = None) -> dict:
     """Caption every image of a split (features: :func:`split_features`) and score it with coco-caption.
 
-    ``out``: JSON file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
+    ``beam_size`` / ``max_len``: the model's decoding settings unless given (:func:`search_size`); ``out``: JSON
+    file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
     """
     chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress)
     reranker = consensus_reranker(model, data, cache_root, progress) if model.config.decode.consensus else None
@@ -346,11 +359,13 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
 
 
 def score_split(model: CaptionModel, chosen: list, feats: dict[str, torch.Tensor], failed: list[str], data: str,
-                split: str, beam_size: int = 5, max_len: int = 30, out: str | Path | None = None,
+                split: str, beam_size: int | None = None, max_len: int | None = None,
+                out: str | Path | None = None,
                 tokenizer: str = "auto", metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
                 report_dir: str | Path | None = None, reranker=None) -> dict:
     """:func:`evaluate` once the features are there: decode ``feats`` (one row per record of ``chosen``),
-    score against the records' captions, and write the report."""
+    score against the records' captions, and write the report. ``beam_size`` / ``max_len``: :func:`search_size`."""
+    beam_size, max_len = search_size(model, beam_size, max_len)
     hyps = decode_batches(model, feats, beam_size, max_len, reranker=reranker)
     candidates = {r.name: " ".join(model.vocab.decode(h.tokens)) for r, h in zip(chosen, hyps, strict=True)}
     references = {r.name: r.captions_raw for r in chosen}

@@ -1,6 +1,6 @@
 """Pretrained word vectors in GloVe's text format (``word v1 v2 ... vD`` per line) for the word embedding.
 
-GloVe itself cannot be downloaded on this project's offline machines; any file in that format works
+GloVe's files are a download; any local file in that format works
 (fastText's .vec files too: their first line, ``COUNT DIM``, is skipped).
 """
 

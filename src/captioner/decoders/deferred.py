@@ -5,7 +5,7 @@ with only batch-size rows) and adds the T results into one buffer: T small produ
 the whole weight matrix. With :class:`DeferredLinear` every step only passes the gradient on to ``x_t``
 and keeps ``(grad_t, x_t)``; once the backward pass has been through all steps, the weight gradient
 is computed as one large product ``[grad_1; ...; grad_T]^T [x_1; ...; x_T]``. Same result, less time
-(docs/PERFORMANCE.md). Used for the recurrent products of :class:`SoftAttentionDecoder.teacher_forcing`.
+(docs/performance.md). Used for the recurrent products of :class:`SoftAttentionDecoder.teacher_forcing`.
 
     lin = DeferredLinear(weight)       # once, before the loop
     for t in ...: y = lin(x_t)         # x_t @ weight^T

@@ -54,7 +54,7 @@ class SoftAttentionDecoder(Decoder):
         """alpha = softmax(w^T tanh(u) + b), u = W_a a_i + W_h h, computed as tanh(u) = 2 sigmoid(2u) - 1.
 
         The same function: on CPU torch's sigmoid is about 2x faster than its tanh, and this [B, L, A]
-        tensor is the largest one made per word (benchmarks/train_step.py; docs/PERFORMANCE.md).
+        tensor is the largest one made per word (benchmarks/train_step.py; docs/performance.md).
         """
         return self._attend(ctx, self.att_hidden(h))
 

@@ -14,7 +14,7 @@ and the beam with the highest sum is the caption. With ``mbr_weight`` > 0 each b
 
 a minimum-Bayes-risk term (Kumar & Byrne 2004): p_j is beam j's share of the beams' probability (a softmax of
 their length-normalised scores), so the caption that agrees best with what the model itself finds likely wins
-(on Flickr8k it lowered every metric: docs/RESULTS.md). Neighbours: cosine similarity of the encoder's global
+(on Flickr8k it lowered every metric: docs/results.md). Neighbours: cosine similarity of the encoder's global
 feature (an ensemble across encoders: of its first file's encoder; on Flickr8k, neighbours by the fine-tuned
 Lite2 alone chose better captions than by Lite2 and Lite0 together). Only training captions are read; the image
 being captioned needs no references.

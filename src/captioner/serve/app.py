@@ -5,6 +5,7 @@
     GET  /api/samples      the sample photos shipped with captioner
     GET  /samples/NAME     one sample photo
     POST /api/caption      multipart form: file (an image) or sample (a sample's name); model; beam_size
+                           (default: the model's decode.beam_size)
                            -> caption, tokens, score, attention grids (one g x g map per word) or null
 
 Every problem with a request is a 4xx JSON answer ``{"error": "..."}``: a missing or unknown model or sample,
@@ -132,12 +133,13 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
         model = form.get("model") or next(iter(loaded))
         if not isinstance(model, str) or model not in loaded:
             raise ApiError(404, f"unknown model '{model}' (models: {', '.join(loaded)})")
-        beam = form.get("beam_size", "5")
-        if not (isinstance(beam, str) and beam.strip().isdigit() and 1 <= int(beam) <= max(BEAM_SIZES)):
+        beam = form.get("beam_size") or None  # none: the model's own (decode.beam_size)
+        if beam is not None and not (isinstance(beam, str) and beam.strip().isdigit()
+                                     and 1 <= int(beam) <= max(BEAM_SIZES)):
             raise ApiError(422, f"beam_size must be a whole number from 1 to {max(BEAM_SIZES)}")
         image, source = await run_in_threadpool(_form_image, form, samples, max_pixels)
         entry = await run_in_threadpool(loaded[model].get)
-        return await run_in_threadpool(_caption, entry, model, image, source, int(beam))
+        return await run_in_threadpool(_caption, entry, model, image, source, None if beam is None else int(beam))
 
     return app
 
@@ -186,9 +188,10 @@ def _sample_path(samples: Path, name: str) -> Path:
     return path
 
 
-def _caption(entry: LoadedModel, name: str, image, source: str, beam: int) -> dict:
-    from captioner.inference import caption_images
+def _caption(entry: LoadedModel, name: str, image, source: str, beam: int | None) -> dict:
+    from captioner.inference import caption_images, search_size
 
+    beam, _ = search_size(entry.model, beam)
     start = time.perf_counter()
     with entry.lock:
         result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder,

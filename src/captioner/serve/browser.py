@@ -1,6 +1,6 @@
 """Driving the demo from a program: start ``captioner serve`` and a headless Chromium (Selenium).
 
-Used by the browser tests and by scripts/screenshots.py. Needs Debian's chromium and chromium-driver
+Used by the browser tests and by tools/screenshots.py. Needs Debian's chromium and chromium-driver
 (``apt-get install chromium chromium-driver``) and the ``selenium`` package (the dev extra).
 """
 

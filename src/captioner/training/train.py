@@ -152,7 +152,7 @@ def _check_start_features(start, desc: dict, init_from: str, our_state: dict | N
                          + " (set encoder.input_size / encoder.grid_size / encoder.layer to match)")
     carried = start.encoder_state
     if carried is not None and our_state is not None and _same_weights(carried, our_state):
-        return  # e.g. scripts/after_finetune.sh: the start model's fine-tuned encoder, saved as a weights file
+        return  # e.g. recipes/after_finetune.sh: the start model's fine-tuned encoder, saved as a weights file
     if carried is not None or start.encoder.get("weights") != desc["weights"]:
         # e.g. a model whose encoder was fine-tuned, continued on frozen ImageNet features: it runs, but the
         # decoder starts on features unlike its own (intended when its encoder is this run's weights file)

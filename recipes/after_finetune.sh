@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# From a model whose encoder was fine-tuned (on a GPU: scripts/finetune_gpu.sh) to the shipped kind of model,
+# From a model whose encoder was fine-tuned (on a GPU: recipes/finetune_gpu.sh) to the shipped kind of model,
 # on any machine, a CPU included: the fine-tuned encoder is frozen again as a local weights file, its features
 # are cached once, and two decoders train on them, then decode as one ensemble file.
 #   decoder   only with DECODER_EPOCHS > 0: the fine-tuned model's decoder, trained on with cross-entropy on
@@ -7,19 +7,18 @@
 #   scst      1 epoch of self-critical training (CIDEr-D reward) from the fine-tuned model's decoder (or, with
 #             DECODER_EPOCHS > 0, from decoder's best epoch)
 #   smooth    a second decoder from scratch on the same features, label smoothing 0.1 (up to 10 epochs, the
-#             best on decoded val CIDEr-D: on the second GPU session's features that pair beat the BLEU-4 pick)
+#             best on decoded val CIDEr-D: as a pair's second member it beat the best on BLEU-4)
 #   ensemble.pt  scst + smooth in one file (float16, weight matrices in int8, the encoder's weights inside),
 #             decoding defaults length penalty 1.0 + trigram blocking, then scored on val at beam 5
-# On the project's 2-core CPU (2026-11-27, Flickr8k): features 4.5 min, decoder 4-6 epochs x 3.6 min, scst
-# 4-6 min, smooth 10 epochs x 3.7-5.2 min: about 1.5 hours (1.2 without the decoder stage; on EfficientNet-Lite2
-# features 50 min). The model shipped from 05:12 to 11:00 UTC that day was such an ensemble, made with
-# DECODER_EPOCHS=8; on the second GPU session's model SCST straight from it scored higher than after
-# cross-entropy epochs here (54.6 against 52.0 CIDEr-D), hence the default (docs/RESULTS.md, "Fine-tuning goes
-# on"). The model shipped since is this script's scst stage alone, on Lite2 (26.6 MB as a pair: over 25 MB).
-# Usage: scripts/after_finetune.sh FINETUNED_MODEL DATA OUT [SECTION.KEY=VALUE ...]   (each setting goes to
+# On a 2-core CPU (Flickr8k): features 4.5 min (EfficientNet-Lite2: 50 min), decoder 4-6 epochs x 3.6 min, scst
+# 4-6 min, smooth 10 epochs x 3.7-5.2 min: about 1.5 hours (1.2 without the decoder stage). SCST straight from
+# the fine-tuned model's decoder scored higher than after cross-entropy epochs here (val CIDEr-D 54.6 against
+# 52.0), hence no decoder stage by default. The shipped model is the scst stage alone, on Lite2 (as a pair with
+# smooth it is 26.6 MB: over the 25 MB limit).
+# Usage: recipes/after_finetune.sh FINETUNED_MODEL DATA OUT [SECTION.KEY=VALUE ...]   (each setting goes to
 #        every training as --set, e.g. train.max_epochs=2 for a quick look)
 # Environment: PYTHON (default python3), CONFIG (default soft_lite0), SCST_CONFIG (default scst_soft_lite0),
-#   DECODER_EPOCHS (default 0: no decoder stage; 8: the recipe of the first GPU session),
+#   DECODER_EPOCHS (default 0: no decoder stage; 8: the recipe of an earlier shipped ensemble),
 #   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java).
 # Resumable: a stage whose model.pt exists is skipped.
 set -euo pipefail

@@ -9,7 +9,7 @@
 #   cont_low as cont at half the learning rates (decoder 2e-4, encoder 5e-5)
 #   lite2    as full, on EfficientNet-Lite2 at its native 260 px (its 9x9 grid pooled to the config's 7x7);
 #            where its weights package is not installed, pass a local copy as encoder.weights=FILE
-# Usage: scripts/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
+# Usage: recipes/finetune_gpu.sh DATA OUT MAX_TIME [SECTION.KEY=VALUE ...]   (MAX_TIME: DD:HH:MM:SS; each
 #        extra setting goes to every run as --set, e.g. train.deterministic=false)
 # Environment: PYTHON (default python3), RUNS (default "frozen full full_ls"), EVALUATE (default 1; 0: no
 #   val scoring here, each run's decoded-val scores after every epoch are in OUT/NAME/logs/metrics.csv).

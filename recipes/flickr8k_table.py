@@ -1,8 +1,8 @@
-"""Reproduce docs/RESULTS.md's Flickr8k table: train every row, score it on val at beam 5, write the table.
+"""Reproduce the Flickr8k table of docs/results.md: train every row, score it on val at beam 5, write the table.
 
-    python scripts/flickr8k_table.py                       # all rows (many hours on 2 CPU cores)
-    python scripts/flickr8k_table.py --rows soft_lite0     # one row
-    python scripts/flickr8k_table.py --table-only          # just rebuild the table from finished runs
+    python recipes/flickr8k_table.py                       # all rows (many hours on 2 CPU cores)
+    python recipes/flickr8k_table.py --rows soft_lite0     # one row
+    python recipes/flickr8k_table.py --table-only          # just rebuild the table from finished runs
     make flickr8k-table                                    # the same as the first line
 
 Resumable: a finished run (it has model.pt) is not trained again, an unfinished one continues from its last

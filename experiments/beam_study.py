@@ -1,8 +1,8 @@
 """Beam size study: BLEU-4, CIDEr-D, mean caption length and decoding time for beams 1, 3, 5, 10, 20.
 
-    python scripts/beam_study.py                          # the shipped model, Flickr8k val
-    python scripts/beam_study.py --model RUN/model.pt --data DIR --beams 1,5
-    python scripts/beam_study.py --set decode.length_penalty=1.0   # with other decoding settings
+    python experiments/beam_study.py                          # the shipped model, Flickr8k val
+    python experiments/beam_study.py --model RUN/model.pt --data DIR --beams 1,5
+    python experiments/beam_study.py --set decode.length_penalty=1.0   # with other decoding settings
 
 Features come from the cache, or from the model's own encoder if it carries one (as in `captioner
 evaluate`); the time is the beam search alone, all val images in batches, on this machine's CPU threads. Scores use pycocoevalcap with the Java PTB tokenizer.

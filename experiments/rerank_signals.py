@@ -5,7 +5,7 @@
 scored on the whole split and on its two halves (choose on one half, check on the other), and the oracle: each
 image's beam with the highest BLEU-4 against its own references, the ceiling of any choice among these beams.
 
-    python scripts/rerank_signals.py --model A.pt [--model B.pt ...] --set decode.length_penalty=1.0 \
+    python experiments/rerank_signals.py --model A.pt [--model B.pt ...] --set decode.length_penalty=1.0 \
         --set decode.block_ngram=3 [--set model.hard_inference=expected] [--beam 5] [--length-penalties 0.7,1] \
         [--cider 0,0.3,0.5] [--bleu 0,1,3] [--match 0,1,3] [--match-epochs 30]
 
@@ -15,8 +15,8 @@ against each one's captions. Match: the cosine similarity of the caption and the
 image-caption model (a bidirectional GRU over the words, an MLP over the first file's global feature; Frome et
 al. 2013, Kiros et al. 2014; Fang et al. 2015 reranked captions with such a model), trained here on the training
 split for --match-epochs epochs (a few minutes on a CPU); its text-to-image recall@1 on the split is printed.
-The beams are decoded once (`beam_search_nbest`, as scripts/consensus_study.py). Scores: pycocoevalcap with the
-Java PTB tokenizer (the Python copy without Java).
+The beams are decoded once (`beam_search_nbest`: nbest.py, shared with consensus_study.py). Scores: pycocoevalcap
+with the Java PTB tokenizer (the Python copy without Java).
 """
 
 import argparse
@@ -28,7 +28,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from consensus_study import HALVES, HALVES_HEADER, add_split_args, decode_split, score_halves
+from nbest import HALVES, HALVES_HEADER, add_split_args, decode_split, score_halves
 from torch import Tensor, nn
 
 from captioner.metrics.bleu_reward import BleuReward

@@ -1,6 +1,6 @@
 """Does a trained attention model use WHERE it looks? Re-score it with its attention maps tampered with.
 
-    python scripts/attention_check.py RUN/model.pt [RUN2/model.pt ...] --data ../shared/data/flickr8k
+    python experiments/attention_check.py RUN/model.pt [RUN2/model.pt ...] --data ../shared/data/flickr8k
 
 For each model, decode the val split (beam 5, the model's own decoding settings) three ways and score each
 with coco-caption:

@@ -1,6 +1,6 @@
 """The README's pictures, made with the shipped model: the demo page and a per-word attention figure.
 
-    python scripts/screenshots.py [--sample rocket.jpg] [--word 1]
+    python tools/screenshots.py [--sample rocket.jpg] [--word 1]
 
 Writes docs/images/demo.png (headless Chromium showing `captioner serve` with the sample captioned and one
 word's attention on) and docs/images/attention.png (`captioner caption SAMPLE --out ...`'s figure).

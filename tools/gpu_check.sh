@@ -3,7 +3,7 @@
 #   1. tests/test_cuda.py: decoding, feature extraction, captioning and training on the GPU vs the CPU;
 #   2. the whole test suite with the GPU visible (its trainings then run on the GPU in mixed precision);
 #   3. the shipped model captions the sample photos on the GPU as it does on the CPU.
-# Usage: bash scripts/gpu_check.sh [LOG_DIR]   (python: $PYTHON, default python3; pytest-xdist is used if present)
+# Usage: bash tools/gpu_check.sh [LOG_DIR]   (python: $PYTHON, default python3; pytest-xdist is used if present)
 set -u
 PYTHON=${PYTHON:-python3}
 LOG=${1:-gpu_check_logs}

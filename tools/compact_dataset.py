@@ -1,6 +1,6 @@
 """A small copy of a Flickr8k-layout dataset, to send to a remote GPU machine with an upload limit.
 
-    python scripts/compact_dataset.py --data ../shared/data/flickr8k --out /tmp/flickr8k_small.zip
+    python tools/compact_dataset.py --data ../shared/data/flickr8k --out flickr8k_small.zip
 
 The copy keeps captions.txt and splits/ (image names with the new extension) and stores each image of a split
 resized to SIZE x SIZE (what training resizes to anyway: bilinear, aspect not kept) as WebP at QUALITY, all in
@@ -8,7 +8,7 @@ one uncompressed zip (one file travels faster and counts less than 7000). Flickr
 quality 60: 55 MB, about 8 KB an image. Unzip it on the other side (`python -m zipfile -e FILE DIR`) and pass
 DIR/NAME as --data. Images that cannot be read are reported and left out; the rest are written.
 
-    python scripts/compact_dataset.py --data ../shared/data/flickr8k --out fl.zip --quality 85 --parts 2
+    python tools/compact_dataset.py --data ../shared/data/flickr8k --out fl.zip --quality 85 --parts 2
 
 writes fl.1of2.zip (captions, splits and half the images) and fl.2of2.zip (the other half): for a machine that
 takes a limited upload per command but keeps files between commands, one part per command, all unzipped

@@ -1,10 +1,10 @@
-"""Issue 6's ablation on Flickr8k: each technique against the cross-entropy baseline of the same model.
+"""The techniques ablation on Flickr8k: each technique against the cross-entropy baseline of the same model.
 
-    python scripts/techniques_table.py --plan        # list the rows and the commands, run nothing
-    python scripts/techniques_table.py               # train / score every row not done yet (many CPU hours)
-    python scripts/techniques_table.py --rows scst,block3
+    python experiments/techniques_table.py --plan        # list the rows and the commands, run nothing
+    python experiments/techniques_table.py               # train / score every row not done yet (many CPU hours)
+    python experiments/techniques_table.py --rows scst,block3
 
-The baseline is the soft EfficientNet-Lite0 row of the main table (scripts/flickr8k_table.py trains it); each
+The baseline is the soft EfficientNet-Lite0 row of the main table (recipes/flickr8k_table.py trains it); each
 technique row changes one thing. The training techniques also have NIC rows (nic_*), measured against the
 main table's NIC row: a NIC run costs about a third of a soft-attention run on this CPU. Training rows get the
 same 10-epoch budget as the main table (SCST: 2 epochs after the baseline); decoding rows re-score the baseline with other search settings. Every row is scored on
@@ -17,9 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from flickr8k_table import DATA, METRICS, RUNS, evaluate, train
-
 from captioner.metrics.bootstrap import compare
+
+# the main table's recipe trains and scores the runs: this table's rows are run (and resumed) the same way
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from flickr8k_table import DATA, METRICS, RUNS, evaluate, train  # noqa: E402
 
 BASE = "soft_lite0"
 NIC = "nic_lite0"
@@ -191,7 +193,7 @@ def main() -> None:
     for base in sorted({base_of(name) for name in wanted}):
         if not (args.runs / base / "model.pt").exists():
             sys.exit(f"{args.runs / base / 'model.pt'}: train the baseline first "
-                     f"(scripts/flickr8k_table.py --rows {base})")
+                     f"(recipes/flickr8k_table.py --rows {base})")
     results = {name: score(name, args.data, args.runs, args.max_epochs) for name in wanted}
     text = table(results, args.runs)
     (args.runs / "techniques.md").write_text(text + "\n")
