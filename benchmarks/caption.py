@@ -1,17 +1,20 @@
-"""`captioner caption` on a handful of photos: model against model, side by side (e.g. one decoder against an
-ensemble file, or float16 against int8 storage).
+"""`captioner caption`: how long a cold start takes against the floor, and model against model once loaded.
 
     python benchmarks/caption.py --model A.pt --model B.pt    # the package's sample photos, B's time / A's
     python benchmarks/caption.py                              # the shipped model alone
     python benchmarks/caption.py --quick                      # an untrained synthetic model against itself x2
 
-Times what a user waits for after the model is loaded: reading the photos, the encoder, the beam search
+Start-up: one photo through `captioner caption` in a fresh process, against the floor of any such program,
+`python -c "import torch, PIL.Image"`, the two taking turns (``--starts`` rounds); the medians and their ratio.
+
+Then what a user waits for after the model is loaded: reading the photos, the encoder, the beam search
 (beam 5). The models take turns, round after round, so a busy machine slows them alike; the median round
 is reported, and each model's time as a ratio to the first one's.
 """
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,10 +42,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model", type=Path, action="append", default=[], help="model file (repeat to compare)")
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--starts", type=int, default=5, help="cold starts of each kind, taken in turns")
     args = p.parse_args()
-    from captioner.checkpoint import PRETRAINED, load_model
-    from captioner.inference import caption_files
+    import captioner
+    from captioner.checkpoint import PRETRAINED
 
+    startup(args.model[0] if args.model else None, 2 if args.quick else args.starts)
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
         if args.quick:
@@ -52,26 +57,46 @@ def main() -> None:
             paths, photos = args.model or [PRETRAINED], sorted(SAMPLES.glob("*.jpg"))
         if not photos:
             sys.exit("no photos to caption")
-        models = [load_model(path) for path in paths]
+        models = [captioner.load(path, device="cpu") for path in paths]
         sizes_mb = [path.stat().st_size / 1e6 for path in paths]
         for model in models:
-            caption_files(model, photos)  # warm-up: the encoder is built and cached on first use
+            model(photos)  # warm-up: the first oneDNN calls are slow
         rate = matmul_rate()
         times = [[] for _ in models]
         for _ in range(args.rounds):
             for model, spent in zip(models, times, strict=True):
                 start = time.perf_counter()
-                caption_files(model, photos)
+                model(photos)
                 spent.append(time.perf_counter() - start)
 
     print(f"{len(photos)} photos, beam 5, median of {args.rounds} rounds taken in turns:")
     first = statistics.median(times[0])
     for path, model, mb, spent in zip(paths, models, sizes_mb, times, strict=True):
-        n = len(getattr(model.decoder, "members", [model.decoder]))
+        n = len(model.model.parts())
         median = statistics.median(spent)
         print(f"  {path} ({n} decoder{'s' if n > 1 else ''}, {mb:.1f} MB): {median * 1000:.0f} ms "
               f"({median / len(photos) * 1000:.0f} ms/photo), {median / first:.2f}x the first")
     print(f"matmul rate in this run {rate / 1e9:.1f} GFLOP/s; peak RSS {peak_rss_mb():.0f} MB")
+
+
+def startup(model: Path | None, rounds: int) -> float:
+    """Median wall time of `captioner caption PHOTO` in a fresh process over that of importing torch and PIL,
+    the two taking turns ``rounds`` times. Returns the ratio."""
+    photo = SAMPLES / "cat.jpg"
+    floor = [sys.executable, "-c", "import torch, PIL.Image"]
+    command = [sys.executable, "-m", "captioner.cli", "caption", *(["--model", str(model)] if model else []),
+               str(photo)]
+    times: dict[str, list[float]] = {"floor": [], "caption": []}
+    for _ in range(rounds):
+        for name, argv in (("floor", floor), ("caption", command)):
+            start = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    floor_s, caption_s = statistics.median(times["floor"]), statistics.median(times["caption"])
+    print(f"start-up, one photo from a cold process, median of {rounds} taken in turns: "
+          f"`python -c 'import torch, PIL.Image'` {floor_s:.2f} s, `captioner caption {photo.name}` "
+          f"{caption_s:.2f} s: {caption_s / floor_s:.2f}x the floor")
+    return caption_s / floor_s
 
 
 if __name__ == "__main__":

@@ -27,18 +27,19 @@ FLICKR8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 
 def untrained_synth_model(tmp: Path) -> tuple[Path, Path]:
     """A synthetic dataset and a randomly initialised soft-attention model for it (captions run to max_len)."""
-    from captioner.checkpoint import CaptionModel, save_model
+    from captioner.checkpoint import save_model
     from captioner.config import load_config
     from captioner.data.readers import load_dataset
     from captioner.data.synth import make_synth
     from captioner.data.vocab import Vocab
     from captioner.decoders import build_decoder
-    from captioner.training.train import build_encoder
+    from captioner.features import config_encoder
+    from captioner.model import CaptionModel
 
     data = make_synth(tmp / "synth", n_train=100, n_val=100, n_test=10)
     cfg = load_config("synth_soft")
     vocab = Vocab.build([c for r in load_dataset(data).split("train") for c in r.captions])
-    enc = build_encoder(cfg).describe()
+    enc = config_encoder(cfg).describe()
     decoder = build_decoder(cfg.model, len(vocab), enc["global_dim"], enc["grid_dim"])
     return save_model(tmp / "model.pt", CaptionModel(decoder.eval(), vocab, cfg, enc)), data
 

@@ -25,10 +25,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from captioner.captioning import decode_batches  # noqa: E402
 from captioner.checkpoint import load_model  # noqa: E402
-from captioner.inference import decode_batches  # noqa: E402
+from captioner.features import load_features, split_rows  # noqa: E402
 from captioner.metrics.coco import score_corpus  # noqa: E402
-from captioner.training.train import load_features, split_rows  # noqa: E402
 
 METRICS = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D")
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import default_model_path, load_model, with_settings
+from captioner.captioning import decode_batches
+from captioner.checkpoint import default_model_path, load_model
 from captioner.cli import add_decode_set
-from captioner.inference import decode_batches, split_features
 from captioner.metrics.coco import score_corpus
+from captioner.model import with_settings
+from captioner.model_features import split_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 

@@ -4,12 +4,14 @@ n-best lists once, and score chosen captions on the whole split and on its two h
 import argparse
 from pathlib import Path
 
-from captioner.checkpoint import load_models, with_settings
+from captioner.captioning import decoding_decoder
+from captioner.checkpoint import load_models
 from captioner.cli import add_decode_set
 from captioner.decoding import beam_search_nbest
 from captioner.devices import module_device
-from captioner.inference import consensus_reranker, decoding_decoder, split_features
 from captioner.metrics.coco import score_corpus
+from captioner.model import with_settings
+from captioner.model_features import consensus_reranker, split_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "flickr8k"
 

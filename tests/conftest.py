@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,11 @@ def untrained_model_file(path: Path, kind: str = "soft", hard_inference: str | N
     Its <end> logit is pushed down so that it always says some words (up to the decoder's max_len): an
     untrained model otherwise tends to end at once, and the drawing code would only ever see empty captions.
     """
-    from captioner.checkpoint import CaptionModel, save_model
+    from captioner.checkpoint import save_model
     from captioner.config import load_config
     from captioner.data.vocab import Vocab
     from captioner.encoders import create_encoder
+    from captioner.model import CaptionModel
 
     cfg = load_config(f"synth_{kind}", [f"model.hard_inference={hard_inference}"] if hard_inference else None)
     vocab = Vocab.build([["a", "red", "circle", "above", "a", "blue", "square"]])
@@ -68,3 +70,21 @@ def carrying_encoder_file(first: Path, path: Path) -> Path:
     other = dataclasses.replace(load_model(first), encoder=enc.describe(), encoder_state=enc.state_dict())
     other.config.encoder.grid_size = 3
     return save_model(path, other)
+
+
+def as_original_flickr8k(reference: Path, out: Path) -> Path:
+    """The reference-layout dataset rewritten as Flickr8k is distributed: Flickr8k.token.txt and the split
+    lists in Flickr8k_text/, the images in Flicker8k_Dataset/."""
+    text, images = out / "Flickr8k_text", out / "Flicker8k_Dataset"
+    text.mkdir(parents=True)
+    shutil.copytree(reference / "images", images)
+    counts: dict[str, int] = {}
+    lines = []
+    for line in (reference / "captions.txt").read_text().splitlines():
+        image, caption = line.split("\t", 1)
+        lines.append(f"{image}#{counts.get(image, 0)}\t{caption}")
+        counts[image] = counts.get(image, 0) + 1
+    (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
+    for split, name in [("train", "train"), ("val", "dev"), ("test", "test")]:
+        shutil.copy(reference / "splits" / f"{split}.txt", text / f"Flickr_8k.{name}Images.txt")
+    return out

@@ -5,11 +5,12 @@ import pickle
 import pytest
 import torch
 
-from captioner.checkpoint import CaptionModel, load_model, save_model
+from captioner.checkpoint import load_model, save_model
 from captioner.config import Config, ModelConfig
 from captioner.data.vocab import Vocab
 from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
+from captioner.model import CaptionModel
 from conftest import GLOBAL_DIM, GRID_DIM, random_feats, small_decoder
 
 WORDS = [["a", "red", "circle"], ["a", "blue", "square", "above", "a", "red", "circle"], ["green", "triangle"]]

@@ -168,7 +168,8 @@ def test_decoding_settings_for_one_run(model_file, tmp_path, capsys):
 def test_hard_attention_context_can_be_chosen_per_run(model_file, tmp_path, capsys):
     """--set model.hard_inference reaches every hard-attention decoder of an ensemble (decoder and config, so an
     export keeps it); a model with no hard decoder, or an unknown mode, is a one-line error."""
-    from captioner.checkpoint import load_model, load_models, with_settings
+    from captioner.checkpoint import load_model, load_models
+    from captioner.model import with_settings
 
     hard_file = untrained_model_file(tmp_path / "hard.pt", "hard")
     assert load_model(hard_file).decoder.hard_inference == "expected"  # the default
@@ -204,7 +205,7 @@ def test_export_embeds_a_local_weights_encoder_and_stores_it_in_int8(model_file,
     that file, its encoder weights in int8 (one scale per output channel) giving the same features closely."""
     from captioner.checkpoint import load_model, save_model
     from captioner.encoders import create_encoder
-    from captioner.inference import model_encoder
+    from captioner.model import model_encoder
 
     weights = tmp_path / "tuned.pth"
     tuned = create_encoder("tiny", weights="none")
@@ -246,11 +247,11 @@ def test_export_writes_an_ensemble_as_one_file_that_captions_like_the_two(model_
     from_two = capsys.readouterr().out
     main(["caption", "--model", str(ens), str(image)])
     assert capsys.readouterr().out == from_two and from_two.strip()
+    from captioner.captioning import Captioner
     from captioner.checkpoint import load_model
-    from captioner.inference import caption_files
 
-    results, _ = caption_files(load_model(ens), [image], beam_size=2)
-    assert results[0]["attention_of"] == "the mean map of 2 decoders"  # the attention figure's title says so
+    result = Captioner(load_model(ens))(image, beam_size=2)
+    assert result.attention_of == "the mean map of 2 decoders"  # the attention figure's title says so
     with pytest.raises(SystemExit) as exit_info:  # nothing to read
         main(["export", str(ens)])
     assert exit_info.value.code == 2 and "needs a model file" in capsys.readouterr().err

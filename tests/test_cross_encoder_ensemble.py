@@ -9,18 +9,12 @@ import sys
 import pytest
 import torch
 
+from captioner.captioning import Captioner, caption_of, decode_batches, encode_images, read_images
 from captioner.checkpoint import load_model, load_models, save_model
 from captioner.data.synth import make_synth
 from captioner.decoding import Hypothesis
 from captioner.errors import CaptionerError
-from captioner.inference import (
-    caption_files,
-    decode_batches,
-    encode_images,
-    hypothesis_dict,
-    model_encoder,
-    read_images,
-)
+from captioner.model import model_encoder
 from conftest import carrying_encoder_file, untrained_model_file
 
 
@@ -54,12 +48,12 @@ def test_each_file_decodes_on_its_own_encoders_features(two_encoders):
     second = model.member(2)
     assert second.encoder_state is not None and second.encoder["grid_size"] == 3
     hyps = decode_batches(second, own_b, beam_size=2, max_len=6)  # its decoder on b.pt's own features
-    results, failures = caption_files(second, sorted((data / "images").glob("*.png"))[:3], beam_size=2, max_len=6)
-    assert not failures and [r["tokens"] for r in results] == [model.vocab.decode(h.tokens) for h in hyps]
+    results = Captioner(second)(sorted((data / "images").glob("*.png"))[:3], beam_size=2, max_len=6)
+    assert [r.tokens for r in results] == [model.vocab.decode(h.tokens) for h in hyps]
     # an empty caption (an untrained model may end at once) has no map; its description still holds
     for alphas in (torch.zeros(0), torch.zeros(0, 16)):
-        out = hypothesis_dict(model, Hypothesis([], -1.0, True, alphas))
-        assert out["caption"] == "" and out["attention_of"] in ("the mean map of 2 decoders",
+        out = caption_of(model, Hypothesis([], -1.0, True, alphas))
+        assert out.text == "" and out.attention_of in ("the mean map of 2 decoders",
                                                                 "the map of 1 of its 2 decoders")
 
 
@@ -113,8 +107,8 @@ def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders
 
 def test_consensus_reranking_across_encoders_reads_the_first_files_training_features(two_encoders):
     """b.pt's features exist only through its encoder: the reranker needs a.pt's (the first file's) alone."""
-    from captioner.checkpoint import with_settings
-    from captioner.inference import consensus_reranker
+    from captioner.model import with_settings
+    from captioner.model_features import consensus_reranker
 
     root, data, a, b = two_encoders
     model = with_settings(load_models([a, b]), ["decode.consensus=true", "decode.consensus_k=2"])
@@ -127,19 +121,19 @@ def test_consensus_reranking_across_encoders_reads_the_first_files_training_feat
     assert json.loads(out.read_text())["images"] == 6
 
 def test_a_file_carrying_its_encoder_encodes_the_training_images_once(two_encoders, monkeypatch):
-    from captioner import inference
-    from captioner.checkpoint import with_settings
+    from captioner import model_features
+    from captioner.model import with_settings
 
     root, data, a, b = two_encoders
     model = with_settings(load_models([b, a]), ["decode.consensus=true", "decode.consensus_k=2"])
-    first = inference.consensus_reranker(model, data, root / "cache", progress=False)
+    first = model_features.consensus_reranker(model, data, root / "cache", progress=False)
     assert first.index.shape[0] == 8 and len(list((root / "cache" / "consensus").glob("*.pt"))) == 1
 
     def no_encoding(*_args, **_kwargs):
         raise AssertionError("encoded again")
 
-    monkeypatch.setattr(inference, "encode_images", no_encoding)
-    again = inference.consensus_reranker(model, data, root / "cache", progress=False)
+    monkeypatch.setattr(model_features, "encode_images", no_encoding)
+    again = model_features.consensus_reranker(model, data, root / "cache", progress=False)
     assert torch.equal(again.index, first.index)
 
 def test_another_vocabulary_is_refused_in_one_line(two_encoders):

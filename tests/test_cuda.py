@@ -7,14 +7,14 @@ visible the rest of the suite trains on it too (train.accelerator auto, bf16/16-
 import pytest
 import torch
 
+from captioner.captioning import Captioner, decode_batches, encode_images, read_images
 from captioner.checkpoint import load_model
 from captioner.config import load_config
 from captioner.data.synth import make_synth
 from captioner.decoding import beam_search
 from captioner.encoders import create_encoder
-from captioner.features import extract_features
-from captioner.inference import caption_files, decode_batches, encode_images, read_images
-from captioner.training.train import _precision, load_features, train
+from captioner.features import extract_features, load_features
+from captioner.training.train import _precision, train
 from conftest import random_feats, small_decoder, untrained_model_file
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -61,15 +61,15 @@ def test_feature_extraction_on_gpu_matches_cpu(synth, tmp_path):
 def test_caption_files_on_gpu(tmp_path, synth):
     model = load_model(untrained_model_file(tmp_path / "m.pt"))
     paths = sorted((synth / "images").glob("*.png"))[:6] + [tmp_path / "missing.jpg"]
-    cpu, cpu_failed = caption_files(model, paths, beam_size=3)
+    cpu = Captioner(model)(paths, beam_size=3)
     feats_cpu = encode_images(create_encoder("tiny", weights="none"), [i for i in read_images(paths)[0] if i])
     model.to(GPU)
-    gpu, gpu_failed = caption_files(model, paths, beam_size=3)
-    assert len(gpu) == len(cpu) == 6 and len(gpu_failed) == len(cpu_failed) == 1
-    assert all(r["caption"] for r in gpu)
+    gpu = Captioner(model)(paths, beam_size=3)
+    assert [r.error is not None for r in gpu] == [r.error is not None for r in cpu] == [False] * 6 + [True]
+    assert all(r.text for r in gpu[:6])
     # the same features give the same captions on either device (float32 decoding)
     assert [" ".join(model.vocab.decode(h.tokens)) for h in decode_batches(model, feats_cpu, beam_size=3)] \
-        == [r["caption"] for r in cpu]
+        == [r.text for r in cpu[:6]]
 
 
 def test_training_on_gpu_uses_mixed_precision_and_loads_on_cpu(synth, tmp_path):

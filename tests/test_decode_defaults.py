@@ -8,7 +8,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import captioner.inference as inference
+import captioner.captioning as captioning
 from captioner.checkpoint import load_model, save_model
 from captioner.cli import main
 from captioner.config import Config
@@ -30,13 +30,13 @@ def model_file(tmp_path_factory):
 def searches(monkeypatch):
     """The (beam_size, max_len) of every beam search the commands run."""
     seen = []
-    real = inference.beam_search
+    real = captioning.beam_search
 
     def spy(*args, **kwargs):
         seen.append((kwargs["beam_size"], kwargs["max_len"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(inference, "beam_search", spy)
+    monkeypatch.setattr(captioning, "beam_search", spy)
     return seen
 
 
@@ -91,7 +91,7 @@ def test_a_model_file_without_the_settings_decodes_with_the_config_defaults(mode
     old = tmp_path / "old.pt"
     torch.save(obj, old)
     defaults = Config().decode
-    assert inference.search_size(load_model(old)) == (defaults.beam_size, defaults.max_len)
+    assert captioning.search_size(load_model(old)) == (defaults.beam_size, defaults.max_len)
 
 
 def test_the_demo_api_uses_the_models_beam_size_unless_the_request_gives_one(model_file):

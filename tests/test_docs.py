@@ -2,13 +2,13 @@
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from captioner.cli import main
 from captioner.data.synth import make_synth
+from conftest import as_original_flickr8k
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -40,24 +40,6 @@ def test_relative_links_in_the_guides_resolve():
             assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to missing {target}"
 
 
-def _as_original_flickr8k(reference: Path, out: Path) -> Path:
-    """The reference-layout dataset rewritten as Flickr8k is distributed: Flickr8k.token.txt and the split
-    lists in Flickr8k_text/, the images in Flicker8k_Dataset/."""
-    text, images = out / "Flickr8k_text", out / "Flicker8k_Dataset"
-    text.mkdir(parents=True)
-    shutil.copytree(reference / "images", images)
-    counts: dict[str, int] = {}
-    lines = []
-    for line in (reference / "captions.txt").read_text().splitlines():
-        image, caption = line.split("\t", 1)
-        lines.append(f"{image}#{counts.get(image, 0)}\t{caption}")
-        counts[image] = counts.get(image, 0) + 1
-    (text / "Flickr8k.token.txt").write_text("\n".join(lines) + "\n")
-    for split, name in [("train", "train"), ("val", "dev"), ("test", "test")]:
-        shutil.copy(reference / "splits" / f"{split}.txt", text / f"Flickr_8k.{name}Images.txt")
-    return out
-
-
 @pytest.mark.slow
 def test_the_readme_train_evaluate_caption_commands(tmp_path, monkeypatch, capsys):
     """README, "Train the paper's models on your Flickr8k": the three commands on an original-layout folder
@@ -70,7 +52,7 @@ def test_the_readme_train_evaluate_caption_commands(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("CAPTIONER_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     synth = make_synth(tmp_path / "synth", n_train=60, n_val=10, n_test=10)
-    data = _as_original_flickr8k(synth, tmp_path / "Flickr8k")
+    data = as_original_flickr8k(synth, tmp_path / "Flickr8k")
     photo = next((data / "Flicker8k_Dataset").iterdir())
 
     main(["train", "--config", "synth_soft", "--data", "Flickr8k/", "--out", "runs/soft", "--no-progress",

@@ -10,9 +10,10 @@ from captioner.checkpoint import load_model
 from captioner.config import load_config
 from captioner.data.synth import load_objects, make_synth
 from captioner.decoding import beam_search
-from captioner.inference import evaluate
+from captioner.evaluation import evaluate
+from captioner.features import load_features
 from captioner.metrics.coco import score_corpus
-from captioner.training.train import load_features, train
+from captioner.training.train import train
 
 pytestmark = pytest.mark.slow
 COLOURS = {"red", "green", "blue", "yellow"}

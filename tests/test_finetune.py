@@ -3,12 +3,13 @@
 import pytest
 import torch
 
+from captioner.captioning import Captioner
 from captioner.checkpoint import load_model
 from captioner.config import load_config
 from captioner.data.synth import make_synth
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
-from captioner.inference import caption_files, evaluate
+from captioner.evaluation import evaluate
 from captioner.training.train import train
 
 
@@ -21,8 +22,8 @@ def test_finetuning_trains_the_encoder_and_ships_it(tmp_path):
     assert model.encoder_state is not None
     untrained = create_encoder("tiny", weights="none").state_dict()
     assert any(not torch.equal(untrained[k], v) for k, v in model.encoder_state.items())
-    results, failures = caption_files(model, [data / "images" / "00056.png"], beam_size=2)
-    assert not failures and results[0]["caption"]
+    result = Captioner(model)(data / "images" / "00056.png", beam_size=2)
+    assert result.error is None and result.text
     report = evaluate(model, data, "test", beam_size=2, tokenizer="python", metrics=("bleu",), progress=False)
     assert report["images"] == 8 and 0 <= report["metrics"]["BLEU-4"] <= 1
 

@@ -10,22 +10,22 @@ import pytest
 import torch
 from PIL import ImageOps
 
-from captioner.checkpoint import load_model, load_models, with_settings
+from captioner.captioning import (
+    Captioner,
+    decode_batches,
+    decoding_decoder,
+    encode_images,
+    read_images,
+    with_mirrored,
+)
+from captioner.checkpoint import load_model, load_models
 from captioner.data.synth import make_synth
 from captioner.decoders.ensemble import EnsembleDecoder, _unmirror
 from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.features import cache_dir_for
-from captioner.inference import (
-    caption_images,
-    decode_batches,
-    decoding_decoder,
-    encode_images,
-    model_encoder,
-    read_images,
-    split_features,
-    with_mirrored,
-)
+from captioner.model import model_encoder, with_settings
+from captioner.model_features import split_features
 from conftest import carrying_encoder_file, untrained_model_file
 
 
@@ -94,8 +94,8 @@ def test_photos_and_splits_get_the_mirrored_images_features(files):
     decoder = decoding_decoder(pair)
     assert decoder.feature_groups == [0, 1, 2, 3] and decoder.mirrored == [False, False, True, True]
     # caption a photo: both views, one caption and one map on the image's own grid
-    (result,) = caption_images(with_settings(load_model(a), ["decode.flip=true"]), images[:1])
-    assert result["caption"] and len(result["attention"][0]) == 16
+    result = Captioner(load_model(a))(images[0], flip=True)
+    assert result.text and result.attention.shape[1:] == (4, 4)
 
 
 def _cli(*args, cache):

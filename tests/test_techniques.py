@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from captioner.checkpoint import CaptionModel, load_model, load_models, save_model, with_settings
+from captioner.checkpoint import load_model, load_models, save_model
 from captioner.config import Config, ModelConfig, TrainConfig, with_decode_settings
 from captioner.data.glove import init_embedding, load_glove
 from captioner.data.vocab import Vocab
@@ -15,6 +15,7 @@ from captioner.decoders import build_decoder
 from captioner.decoders.ensemble import EnsembleDecoder
 from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
+from captioner.model import CaptionModel, with_settings
 from captioner.training.module import CaptionModule
 from conftest import VOCAB, random_captions, random_feats, small_decoder, untrained_model_file
 

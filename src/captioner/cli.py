@@ -58,7 +58,7 @@ def cmd_prepare(args) -> None:
 
 def cmd_features(args) -> None:
     from captioner.config import load_config
-    from captioner.training.train import load_features
+    from captioner.features import load_features
 
     cfg = load_config(args.config, args.set)
     _, records, encoder, cache = load_features(cfg, args.data, args.cache, progress=not args.no_progress,
@@ -79,28 +79,26 @@ def cmd_train(args) -> None:
     print(f"model written to {path}")
 
 
-def model_from_args(args):
-    """The --model file(s) (an ensemble when repeated; the shipped model when none), with --set applied."""
-    from captioner.checkpoint import default_model_path, load_models, with_settings
-    from captioner.devices import pick_device
+def captioner_from_args(args):
+    """The Captioner of --model (an ensemble when repeated; the shipped model when none), --member, --device,
+    --set and (caption, serve) --consensus."""
+    from captioner.api import load
+    from captioner.checkpoint import default_model_path
+    from captioner.model import with_settings
 
-    model = load_models(args.model or [default_model_path()])
-    if args.member:  # one decoder of an ensemble, alone: its own caption and attention
-        model = model.member(args.member)
-    model = model.to(pick_device(args.device))
+    cap = load(args.model or [default_model_path()], device=args.device, member=args.member,
+               consensus=getattr(args, "consensus", None))
     if args.set:  # decoding settings for this run (n-gram blocking, length penalty, hard attention's context)
-        model = with_settings(model, args.set)
-    return model
+        with_settings(cap.model, args.set)
+    return cap
 
 
 def cmd_evaluate(args) -> None:
-    from captioner.inference import evaluate
-
-    model = model_from_args(args)
+    cap = captioner_from_args(args)
     metrics = ("bleu", "rouge", "cider") if args.no_meteor else ("bleu", "meteor", "rouge", "cider")
-    report = evaluate(model, args.data, args.split, args.beam_size, args.max_len, args.cache, args.out,
-                      args.tokenizer, metrics, limit=args.limit, progress=not args.no_progress,
-                      report_dir=args.report)
+    report = cap.evaluate(args.data, args.split, beam_size=args.beam_size, max_len=args.max_len,
+                          cache_root=args.cache, out=args.out, tokenizer=args.tokenizer, metrics=metrics,
+                          limit=args.limit, progress=not args.no_progress, report_dir=args.report)
     print_table(report)
     if report["skipped"]:
         shown = ", ".join(report["skipped"][:5]) + (" ..." if len(report["skipped"]) > 5 else "")
@@ -144,44 +142,34 @@ def cmd_compare(args) -> None:
 
 
 def cmd_caption(args) -> None:
-    from captioner.inference import iter_captions
+    from captioner.viz.outputs import OutputFolder
 
-    model = model_from_args(args)
     out = Path(args.out) if args.out else None
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
-    reranker = None
-    if args.consensus:
-        from captioner.inference import with_consensus
-
-        model, reranker = with_consensus(model, args.consensus)
-    if out and not model.decoder.has_attention:
-        print(f"note: this model ({model.kind}) has no attention map; "
-              "writing captioned images only", file=sys.stderr)
-    results, failures, stems = [], [], set()
-    for path, image, outcome in iter_captions(model, args.images, beam_size=args.beam_size, max_len=args.max_len,
-                                              reranker=reranker):
-        if image is None:
-            failures.append(outcome)
-            print(f"skipped {outcome}", file=sys.stderr)
+    cap = captioner_from_args(args)
+    if out and not cap.has_attention:
+        print(f"note: this model ({cap.kind}) has no attention map; writing captioned images only", file=sys.stderr)
+    folder = OutputFolder(out, cap.kind, cap.has_attention) if out else None
+    captioned = failed = 0
+    for path, image, result in cap.caption_iter(args.images, beam_size=args.beam_size, max_len=args.max_len):
+        if result.error is not None:
+            failed += 1
+            print(f"skipped {result.error}", file=sys.stderr)
+            if folder:
+                folder.skip(result.error)
             continue
-        print(f"{path}: {outcome['caption']}" if len(args.images) > 1 else outcome["caption"], flush=True)
-        results.append(outcome | {"image": str(path)})
-        if out:
-            from captioner.viz.outputs import unique_stem, write_outputs
-
-            results[-1]["files"] = [p.name for p in write_outputs(out, unique_stem(path, stems), image, outcome,
-                                                                     model.decoder.has_attention)]
-    if out:
-        from captioner.io import write_json_atomic
-
-        write_json_atomic(out / "captions.json", {"model": model.config.model.type, "captions": results,
-                                                  "skipped": failures})
-        print(f"captioned images{' and attention figures' if model.decoder.has_attention else ''} "
-              f"written to {out}/", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} of {len(args.images)} images skipped", file=sys.stderr)
-        if not results:
+        captioned += 1
+        print(f"{path}: {result.text}" if len(args.images) > 1 else result.text, flush=True)
+        if folder:
+            folder.add(path, image, result.to_dict())
+    if folder:
+        folder.close()
+        print(f"captioned images{' and attention figures' if cap.has_attention else ''} written to {out}/",
+              file=sys.stderr)
+    if failed:
+        print(f"{failed} of {len(args.images)} images skipped", file=sys.stderr)
+        if not captioned:
             raise SystemExit(2)
 
 
@@ -193,12 +181,10 @@ def cmd_serve(args) -> None:
     from captioner.serve.app import create_app
 
     models = serve_models(args.model or [str(default_model_path())])
+    if args.consensus:  # a model with its own encoder first encodes the training images (minutes, once)
+        print(f"preparing consensus reranking with the training captions of {args.consensus} ...", flush=True)
     app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)),
                      consensus=args.consensus)
-    if args.consensus:  # load now: a model with its own encoder first encodes the training images (minutes, once)
-        print(f"preparing consensus reranking with the training captions of {args.consensus} ...", flush=True)
-        for entry in app.state.models.values():
-            entry.get()
     print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -223,7 +209,8 @@ def serve_models(specs: list[str]) -> dict:
 
 
 def cmd_export(args) -> None:
-    from captioner.checkpoint import check_one_encoder, load_models, save_model, with_settings
+    from captioner.checkpoint import load_models, save_model
+    from captioner.model import check_one_encoder, with_settings
 
     *sources, out = args.files
     if not sources:
@@ -238,7 +225,7 @@ def cmd_export(args) -> None:
             raise file_error(out, "decode.consensus is chosen per run (it needs a dataset's training captions: "
                              "evaluate --set decode.consensus=true, caption --consensus DATA), not stored in a model")
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
-        from captioner.inference import model_encoder
+        from captioner.model import model_encoder
 
         model.encoder_state = {k: v.detach().cpu() for k, v in model_encoder(model).state_dict().items()}
     if args.int8_encoder and model.encoder_state is None:
@@ -412,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    if args.command in ("features", "train", "evaluate"):
+    if args.command == "train":  # the one command that uses Lightning
         import lightning.pytorch  # noqa: F401  (it sets its loggers to INFO when imported: quieten them after)
 
         for noisy in ("lightning.pytorch", "lightning.fabric"):

@@ -33,6 +33,12 @@ def pick_device(name: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
+def trains_on_gpu(cfg) -> bool:
+    """Whether training with config ``cfg`` runs on a GPU (``train.accelerator`` auto, gpu or cuda, and one is
+    there): feature extraction for it then runs there too."""
+    return torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
+
+
 def _local_rank() -> int:
     """This process's index on its machine: torchrun's LOCAL_RANK, SLURM's SLURM_LOCALID, else 0."""
     return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0)))

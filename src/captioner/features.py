@@ -29,8 +29,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.data.readers import dataset_fingerprint, load_dataset
 from captioner.data.records import ImageRecord
+from captioner.devices import extraction_options, pick_device, trains_on_gpu
 from captioner.distributed import barrier, merge_dicts, rank_and_world
+from captioner.encoders import create_encoder
 from captioner.encoders.base import Encoder
 from captioner.errors import CaptionerError, file_error
 from captioner.io import write_json_atomic
@@ -388,3 +391,49 @@ def _summary(d: dict, with_fingerprint: bool = False) -> str:
     """E.g. ``efficientnet_lite0 (imagenet) s224 g7`` (+ ``for dataset <fingerprint>``)."""
     text = f"{_encoder_label(d)} ({d.get('weights')}) s{d.get('input_size')} g{d.get('grid_size')}"
     return text + (f" for dataset {d.get('fingerprint')}" if with_fingerprint else "")
+
+
+# -- a config's features: the dataset read, the cache opened (or built) for the config's encoder --------------
+
+
+def config_encoder(cfg):
+    """The encoder a config names (``encoder.name``, weights, input size, grid, layer)."""
+    e = cfg.encoder
+    return create_encoder(e.name, weights=e.weights, input_size=e.input_size, grid_size=e.grid_size, layer=e.layer)
+
+
+def load_features(cfg, data: str | Path, cache_root: str | Path | None = None, progress: bool = True,
+                  device: str | None = None, encoder=None):
+    """Read the dataset and open (or build) its feature cache for the config's encoder (``encoder``: that
+    encoder, already built).
+
+    Extraction runs on ``device`` (default: the GPU when training would use one, else the CPU).
+    """
+    dataset = load_dataset(data)
+    records = [r for r in dataset.records if r.split]
+    encoder = encoder or config_encoder(cfg)
+    device = pick_device(device or ("auto" if trains_on_gpu(cfg) else "cpu"))
+    cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
+                           progress=progress, **extraction_options(device))
+    return dataset, records, encoder, cache
+
+
+def load_mirrored_features(cfg, dataset, records, split: str, cache_root: str | Path | None = None,
+                           progress: bool = True, device: str | None = None):
+    """The feature cache of one split's images flipped left-right (extracted on first use), in a folder of its
+    own: the plain cache's name + ``-mirror-<split>``."""
+    encoder = config_encoder(cfg)
+    encoder.mirror = True
+    fingerprint = dataset_fingerprint(dataset)
+    out_dir = cache_dir_for(fingerprint, encoder, cache_root)
+    device = pick_device(device or ("auto" if trains_on_gpu(cfg) else "cpu"))
+    return get_or_extract([r for r in records if r.split == split], encoder, fingerprint=fingerprint,
+                          out_dir=out_dir.with_name(f"{out_dir.name}-{split}"), progress=progress,
+                          **extraction_options(device))
+
+
+def split_rows(records, cache, split: str, limit: int | None = None):
+    """The records of ``split`` whose features are in the cache (failed images left out), and their rows."""
+    chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
+    chosen = chosen[:limit] if limit else chosen
+    return chosen, [cache.index[r.name] for r in chosen]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from captioner.errors import file_error
+from captioner.errors import CaptionerError, file_error
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's default decompression-bomb limit (about 9459 x 9459)
 _TRANSPARENT_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
@@ -115,3 +115,32 @@ def image_to_tensor(img: Image.Image, size: int, mean: Sequence[float], std: Seq
     shift = -np.asarray(mean, dtype=np.float32) / np.asarray(std, dtype=np.float32)
     x = np.asarray(img, dtype=np.float32) * scale + shift  # [S, S, 3]
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # [3, S, S]
+
+
+def as_image(item, label: str = "image") -> Image.Image:
+    """An image given in memory as an RGB Pillow image: a Pillow image (any mode), a numpy array or a torch
+    tensor. Arrays are ``[H, W]`` (grey), ``[H, W, 3|4]`` or, for tensors, ``[3, H, W]`` as torchvision
+    makes them; uint8 values are 0..255, float values 0..1. Anything else is a one-line error naming ``label``."""
+    if isinstance(item, Image.Image):
+        return to_rgb(_upright(item))
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        if item.dim() == 3 and item.shape[0] in (1, 3, 4) and item.shape[-1] not in (3, 4):
+            item = item.permute(1, 2, 0)  # [C, H, W] -> [H, W, C]
+        item = item.numpy()
+    if not isinstance(item, np.ndarray):
+        raise CaptionerError(f"{label}: not an image (got {type(item).__name__}; give a file path, a PIL image, "
+                             "a numpy array or a torch tensor)")
+    arr = item[..., 0] if item.ndim == 3 and item.shape[-1] == 1 else item
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)) or min(arr.shape[:2]) < 1:
+        raise CaptionerError(f"{label}: an image array must be [H, W], [H, W, 3|4] or [3, H, W], not "
+                             f"{list(item.shape)}")
+    if arr.dtype != np.uint8:
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise CaptionerError(f"{label}: image values of type {arr.dtype} (use uint8 0..255 or float 0..1)")
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise CaptionerError(f"{label}: the image holds NaN or infinite values")
+        top = 1.0 if np.issubdtype(item.dtype, np.floating) and arr.max(initial=0) <= 1.0 else 255.0
+        arr = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
+    return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))

@@ -40,10 +40,11 @@ class ConsensusReranker:
         self.k, self.weight, self.key, self.mbr_weight = k, weight, key, mbr_weight
 
     def choose(self, feats: dict[str, Tensor], nbest: list[list[Hypothesis]], words: list[list[list[str]]],
-               length_penalty: float) -> list[Hypothesis]:
-        """The chosen beam of each image; ``words``: the beams' captions as words, as ``nbest``."""
+               length_penalty: float, exclude: list[list[int]] | None = None) -> list[Hypothesis]:
+        """The chosen beam of each image; ``words``: the beams' captions as words, as ``nbest``; ``exclude``:
+        per image, index rows never taken as its neighbours (:meth:`neighbours`)."""
         chosen = []
-        for beams, beam_words, near in zip(nbest, words, self.neighbours(feats), strict=True):
+        for beams, beam_words, near in zip(nbest, words, self.neighbours(feats, exclude), strict=True):
             refs = [v for j in near for v in self.cider.refs[str(j)]]
             scores = torch.tensor([h.score / max(1, len(h.tokens) + h.finished) ** length_penalty for h in beams],
                                   dtype=torch.float64)  # [K]
@@ -54,11 +55,22 @@ class ConsensusReranker:
             chosen.append(beams[int(totals.argmax())])
         return chosen
 
-    def neighbours(self, feats: dict[str, Tensor]) -> list[list[int]]:
-        """For each image of the batch, the rows of its ``k`` most similar training images, most similar first."""
+    def neighbours(self, feats: dict[str, Tensor], exclude: list[list[int]] | None = None) -> list[list[int]]:
+        """For each image of the batch, the rows of its ``k`` most similar training images, most similar first.
+        ``exclude``: per image, rows it may not take (e.g. its own, when a training image is captioned: its own
+        captions would be read as its neighbours'); it then gets the k most similar of the others."""
         query = F.normalize(feats[self.key].float(), dim=1).cpu()  # [B, D]
         k = min(self.k, self.index.size(0))
-        return (query @ self.index.T).topk(k, dim=1).indices.tolist()  # [B, k]
+        similarity = query @ self.index.T  # [B, N]
+        if exclude is None:
+            return similarity.topk(k, dim=1).indices.tolist()  # [B, k]
+        if len(exclude) != similarity.size(0):
+            raise ValueError(f"exclude: one list of rows per image ({similarity.size(0)}), not {len(exclude)}")
+        for i, rows in enumerate(exclude):
+            similarity[i, list(rows)] = float("-inf")
+        values, indices = similarity.topk(k, dim=1)  # [B, k]
+        return [[j for j, v in zip(row, vals, strict=True) if v != float("-inf")]
+                for row, vals in zip(indices.tolist(), values.tolist(), strict=True)]
 
     def _expected_agreement(self, beam_words: list[list[str]], probs: Tensor) -> Tensor:
         """[K] each beam's CIDEr-D against every other beam, weighted by the other's probability ``probs``."""

@@ -10,30 +10,35 @@ state_dict file; ``encoder.weights`` is then the file's sha1-12, so feature cach
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from captioner.encoders.base import Encoder
-from captioner.encoders.efficientnet_lite import efficientnet_lite0, efficientnet_lite1, efficientnet_lite2
-from captioner.encoders.tiny import tiny
-from captioner.encoders.torchvision_cnns import mobilenet_v2, resnet101, vgg19
 from captioner.errors import CaptionerError
 
 __all__ = ["Encoder", "create_encoder", "list_encoders"]
 
 Builder = Callable[..., Encoder]  # (weights, input_size, grid_size, layer) -> Encoder
 
-_REGISTRY: dict[str, Builder] = {
-    "efficientnet_lite0": efficientnet_lite0,
-    "efficientnet_lite1": efficientnet_lite1,
-    "efficientnet_lite2": efficientnet_lite2,
-    "mobilenet_v2": mobilenet_v2,
-    "resnet101": resnet101,
-    "vgg19": vgg19,
-    "tiny": tiny,
+# name -> module holding its builder (a function of the same name). Modules are imported when an encoder of
+# theirs is built: torchvision alone takes most of a second to import, and the EfficientNet-Lite encoders
+# do not need it.
+_REGISTRY: dict[str, str] = {
+    "efficientnet_lite0": "efficientnet_lite",
+    "efficientnet_lite1": "efficientnet_lite",
+    "efficientnet_lite2": "efficientnet_lite",
+    "mobilenet_v2": "torchvision_cnns",
+    "resnet101": "torchvision_cnns",
+    "vgg19": "torchvision_cnns",
+    "tiny": "tiny",
 }
+
+
+def _builder(name: str) -> Builder:
+    return getattr(importlib.import_module(f"captioner.encoders.{_REGISTRY[name]}"), name)
 
 
 def list_encoders() -> list[str]:
@@ -53,7 +58,7 @@ def create_encoder(name: str, weights: str | Path = "imagenet", input_size: int 
     if input_size is not None and input_size < 1:
         raise CaptionerError(f"{name}: input_size must be a positive number of pixels, got {input_size}")
     is_file = str(weights) not in ("imagenet", "none")
-    encoder = _REGISTRY[name](weights="none" if is_file else str(weights), input_size=input_size,
+    encoder = _builder(name)(weights="none" if is_file else str(weights), input_size=input_size,
                               grid_size=grid_size, layer=layer)
     if is_file:
         encoder.load_weights_file(weights)

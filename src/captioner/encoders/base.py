@@ -253,3 +253,9 @@ def _size_mismatch(e: RuntimeError) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def reject_layer(name: str, layer: str | None) -> None:
+    """For encoders that offer no earlier feature map: a ``layer`` is a one-line error."""
+    if layer is not None:
+        raise CaptionerError(f"{name} has no layer option (got {layer!r}); use grid_size/input_size instead")

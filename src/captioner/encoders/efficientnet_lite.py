@@ -13,8 +13,15 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from captioner.encoders.base import HALF_MEAN, HALF_STD, Encoder, read_state_dict, state_keys, strided_size
-from captioner.encoders.torchvision_cnns import reject_layer
+from captioner.encoders.base import (
+    HALF_MEAN,
+    HALF_STD,
+    Encoder,
+    read_state_dict,
+    reject_layer,
+    state_keys,
+    strided_size,
+)
 from captioner.errors import CaptionerError
 
 NATIVE_SIZES = {0: 224, 1: 240, 2: 260}  # the resolution each variant was trained at

@@ -17,8 +17,7 @@ import itertools
 import torch
 from torch import Tensor, nn
 
-from captioner.encoders.base import HALF_MEAN, HALF_STD, Encoder, strided_size
-from captioner.encoders.torchvision_cnns import reject_layer
+from captioner.encoders.base import HALF_MEAN, HALF_STD, Encoder, reject_layer, strided_size
 from captioner.errors import CaptionerError
 
 CHANNELS = (3, 32, 64, 128)

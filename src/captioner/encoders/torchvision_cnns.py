@@ -24,6 +24,7 @@ from captioner.encoders.base import (
     IMAGENET_STD,
     Encoder,
     read_state_dict,
+    reject_layer,
     state_keys,
     strided_size,
 )
@@ -103,11 +104,6 @@ def mobilenet_v2_weights_file() -> Path | None:
         return None
     files = sorted(Path(spec.origin).parent.rglob("mobilenet_v2-*.pth"))
     return files[0] if files else None
-
-
-def reject_layer(name: str, layer: str | None) -> None:
-    if layer is not None:
-        raise CaptionerError(f"{name} has no layer option (got {layer!r}); use grid_size/input_size instead")
 
 
 # -- building the trunks ---------------------------------------------------------------------------

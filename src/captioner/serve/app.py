@@ -9,16 +9,14 @@
                            -> caption, tokens, score, attention grids (one g x g map per word) or null
 
 Every problem with a request is a 4xx JSON answer ``{"error": "..."}``: a missing or unknown model or sample,
-a bad beam size, an empty, non-image, corrupt or oversize upload. Models are loaded on first use and kept;
-requests are captioned one at a time per model (a lock), so concurrent requests queue instead of fighting
-over the CPU.
+a bad beam size, an empty, non-image, corrupt or oversize upload. Each model is a
+:class:`~captioner.captioning.Captioner`, loaded when the app is made; it captions one request at a time, so
+concurrent requests queue instead of fighting over the CPU.
 """
 
 import base64
 import io
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -28,6 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from captioner.captioning import Captioner
 from captioner.errors import CaptionerError
 
 STATIC = Path(__file__).parent / "static"
@@ -42,44 +41,24 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
-@dataclass
-class LoadedModel:
-    paths: list[Path]  # one model file, or several joined as an ensemble (across encoders too)
-    model: object = None
-    encoder: object = None
-    device: str = "cpu"
-    consensus: Path | None = None  # a dataset: rerank the beams by its training captions (decode.consensus)
-    reranker: object = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def get(self):
-        with self.lock:
-            if self.model is None:
-                from captioner.checkpoint import load_models
-                from captioner.inference import model_encoder, with_consensus
-
-                model = load_models(self.paths).to(self.device)
-                if self.consensus is not None:
-                    model, self.reranker = with_consensus(model, self.consensus)
-                self.model, self.encoder = model, model_encoder(model)
-        return self
-
-
 def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
                samples: Path = SAMPLES, device: str = "cpu", consensus: str | Path | None = None) -> FastAPI:
     """The demo app for the named models (the first is the default), run on ``device``: each a model file, or a
     list of files that caption as one ensemble (as ``captioner caption --model a --model b``). ``consensus``: a
     dataset whose training captions rerank every model's beams (as ``captioner caption --consensus DATA``).
-    Models load on first use; ``app.state.models[name].get()`` loads one now."""
+    Every model is loaded now, as a :class:`~captioner.captioning.Captioner` (``app.state.models[name]``)."""
+    from captioner.api import load
+
     if not models:
         raise CaptionerError("serve: no model to serve")
-    loaded = {}
+    loaded: dict[str, Captioner] = {}
+    files: dict[str, list[Path]] = {}
     for name, spec in models.items():
         paths = [Path(p) for p in (spec if isinstance(spec, list | tuple) else [spec])]
         for path in paths:
             if not path.is_file():
                 raise CaptionerError(f"{path}: no such model file (model '{name}')")
-        loaded[name] = LoadedModel(paths, device=device, consensus=Path(consensus) if consensus else None)
+        loaded[name], files[name] = load(paths, device=device, consensus=consensus), paths
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
     app.state.models = loaded
@@ -114,7 +93,7 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
 
     @app.get("/api/models")
     def list_models():
-        return {"models": [{"name": name, "file": " + ".join(p.name for p in m.paths)} for name, m in loaded.items()],
+        return {"models": [{"name": name, "file": " + ".join(p.name for p in files[name])} for name in loaded],
                 "default": next(iter(loaded)), "beam_sizes": list(BEAM_SIZES)}
 
     @app.get("/api/samples")
@@ -138,8 +117,8 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
                                      and 1 <= int(beam) <= max(BEAM_SIZES)):
             raise ApiError(422, f"beam_size must be a whole number from 1 to {max(BEAM_SIZES)}")
         image, source = await run_in_threadpool(_form_image, form, samples, max_pixels)
-        entry = await run_in_threadpool(loaded[model].get)
-        return await run_in_threadpool(_caption, entry, model, image, source, None if beam is None else int(beam))
+        return await run_in_threadpool(_caption, loaded[model], model, image, source,
+                                       None if beam is None else int(beam))
 
     return app
 
@@ -188,23 +167,21 @@ def _sample_path(samples: Path, name: str) -> Path:
     return path
 
 
-def _caption(entry: LoadedModel, name: str, image, source: str, beam: int | None) -> dict:
-    from captioner.inference import caption_images, search_size
-
-    beam, _ = search_size(entry.model, beam)
+def _caption(cap: Captioner, name: str, image, source: str, beam: int | None) -> dict:
     start = time.perf_counter()
-    with entry.lock:
-        result = caption_images(entry.model, [image], beam_size=beam, encoder=entry.encoder,
-                                reranker=entry.reranker)[0]
-    attention = result.get("attention")
-    grid = round(len(attention[0]) ** 0.5) if attention else None
+    result = cap(image, beam_size=beam)
+    if result.error is not None:
+        raise ApiError(400, f"{source}: {result.error}")
+    out = result.to_dict()
+    attention = out.get("attention")
     return {
-        "caption": result["caption"], "tokens": result["tokens"], "score": result["score"],
-        "finished": result["finished"], "model": name, "model_type": entry.model.kind,
-        "beam_size": beam, "reranked": entry.reranker is not None, "source": source,
-        "width": image.width, "height": image.height,
-        "grid": grid, "attention": attention, "locations": result.get("locations"),
-        "preview": _preview(image), "seconds": round(time.perf_counter() - start, 3),
+        "caption": out["caption"], "tokens": out["tokens"], "score": out["score"], "finished": out["finished"],
+        "model": name, "model_type": cap.kind,
+        "beam_size": beam or cap.model.config.decode.beam_size, "reranked": cap.reranker is not None,
+        "source": source, "width": image.width, "height": image.height,
+        "grid": round(len(attention[0]) ** 0.5) if attention else None, "attention": attention,
+        "locations": out.get("locations"), "preview": _preview(image),
+        "seconds": round(time.perf_counter() - start, 3),
     }
 
 

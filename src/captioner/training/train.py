@@ -18,18 +18,18 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 
-from captioner.checkpoint import CaptionModel, load_model, save_model
+from captioner.checkpoint import load_model, save_model
 from captioner.config import Config
-from captioner.data.readers import dataset_fingerprint, load_dataset
+from captioner.data.readers import load_dataset
 from captioner.data.vocab import Vocab
-from captioner.devices import extraction_options, pick_device
+from captioner.devices import trains_on_gpu
 from captioner.distributed import barrier, join_early, processes_per_node
-from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError, file_error
-from captioner.features import cache_dir_for, get_or_extract
+from captioner.features import config_encoder, load_features, load_mirrored_features, split_rows
 from captioner.io import torch_save_atomic, write_text_atomic
 from captioner.metrics.bleu_reward import BleuReward, MixedReward
 from captioner.metrics.cider_reward import CiderD
+from captioner.model import CaptionModel
 from captioner.training.data import (
     CaptionBatches,
     ImageBatches,
@@ -44,58 +44,12 @@ log = logging.getLogger("captioner")
 warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14: harmless deprecation
 
 
-def build_encoder(cfg: Config):
-    e = cfg.encoder
-    return create_encoder(e.name, weights=e.weights, input_size=e.input_size, grid_size=e.grid_size, layer=e.layer)
-
-
-def load_features(cfg: Config, data: str | Path, cache_root: str | Path | None = None, progress: bool = True,
-                  device: str | None = None, encoder=None):
-    """Read the dataset and open (or build) its feature cache for the config's encoder (``encoder``: that
-    encoder, already built).
-
-    Extraction runs on ``device`` (default: the GPU when training would use one, else the CPU).
-    """
-    dataset = load_dataset(data)
-    records = [r for r in dataset.records if r.split]
-    encoder = encoder or build_encoder(cfg)
-    device = pick_device(device or ("auto" if _on_gpu(cfg) else "cpu"))
-    cache = get_or_extract(records, encoder, root=cache_root, fingerprint=dataset_fingerprint(dataset),
-                           progress=progress, **extraction_options(device))
-    return dataset, records, encoder, cache
-
-
-def load_mirrored_features(cfg: Config, dataset, records, split: str, cache_root: str | Path | None = None,
-                           progress: bool = True, device: str | None = None):
-    """The feature cache of one split's images flipped left-right (extracted on first use), in a folder of its
-    own: the plain cache's name + ``-mirror-<split>``."""
-    encoder = build_encoder(cfg)
-    encoder.mirror = True
-    fingerprint = dataset_fingerprint(dataset)
-    out_dir = cache_dir_for(fingerprint, encoder, cache_root)
-    device = pick_device(device or ("auto" if _on_gpu(cfg) else "cpu"))
-    return get_or_extract([r for r in records if r.split == split], encoder, fingerprint=fingerprint,
-                          out_dir=out_dir.with_name(f"{out_dir.name}-{split}"), progress=progress,
-                          **extraction_options(device))
-
-
-def split_rows(records, cache, split: str, limit: int | None = None):
-    """The records of ``split`` whose features are in the cache (failed images left out), and their rows."""
-    chosen = [r for r in records if r.split == split and r.name in cache.index and r.name not in cache.failed]
-    chosen = chosen[:limit] if limit else chosen
-    return chosen, [cache.index[r.name] for r in chosen]
-
-
 def _precision(cfg: Config) -> str:
     if cfg.train.precision != "auto":
         return cfg.train.precision
-    if _on_gpu(cfg):
+    if trains_on_gpu(cfg):
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
-
-
-def _on_gpu(cfg: Config) -> bool:
-    return torch.cuda.is_available() and cfg.train.accelerator in ("auto", "gpu", "cuda")
 
 
 def _determinism(cfg: Config) -> bool | str:
@@ -104,14 +58,14 @@ def _determinism(cfg: Config) -> bool | str:
     insisting would stop the run."""
     if not cfg.train.deterministic:
         return False
-    return "warn" if _on_gpu(cfg) else True
+    return "warn" if trains_on_gpu(cfg) else True
 
 
 def _check_gpus(cfg: Config) -> None:
     """More processes on a machine than it has GPUs would put two of them on one GPU, which NCCL refuses
     with a long traceback: say so in one line before any process group starts."""
     per_node = processes_per_node(cfg.train.devices)[0]
-    if _on_gpu(cfg) and str(per_node).isdigit() and int(per_node) > torch.cuda.device_count():
+    if trains_on_gpu(cfg) and str(per_node).isdigit() and int(per_node) > torch.cuda.device_count():
         raise CaptionerError(f"{per_node} training processes per machine but {torch.cuda.device_count()} GPU(s) "
                              "visible: start at most one process per GPU, or --set train.accelerator=cpu")
 
@@ -164,7 +118,7 @@ def _check_start_features(start, desc: dict, init_from: str, our_state: dict | N
 
 def _backend(cfg: Config) -> str:
     """The process-group backend for multi-process runs: NCCL between GPUs, gloo on CPUs."""
-    return "nccl" if _on_gpu(cfg) else "gloo"
+    return "nccl" if trains_on_gpu(cfg) else "gloo"
 
 
 def _comparable(cfg: Config) -> dict:
@@ -219,7 +173,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     if t.scst and not t.init_from:
         raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
                              "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
-    encoder = build_encoder(cfg)
+    encoder = config_encoder(cfg)
     # the start model is checked before any features are made
     start = _start_model(cfg, encoder) if t.init_from and not resume else None
     if cfg.encoder.finetune:  # features computed in the loop from the images

@@ -35,3 +35,29 @@ def write_outputs(out_dir: str | Path, stem: str, image: Image.Image, result: di
     if attention:
         written.append(save_attention_figure(out_dir / f"{stem}.attention.png", image, result))
     return written
+
+
+class OutputFolder:
+    """A folder of captioned images: :meth:`add` writes each image's files as it comes, :meth:`close` writes
+    ``captions.json`` (every caption, the files written for it, and the images skipped)."""
+
+    def __init__(self, out_dir: str | Path, model: str, attention: bool):
+        self.dir, self.model, self.attention = Path(out_dir), model, attention
+        self.entries: list[dict] = []
+        self.skipped: list[str] = []
+        self._stems: set[str] = set()
+
+    def add(self, name: str | Path, image: Image.Image, result: dict) -> dict:
+        """Write ``DIR/STEM.jpg`` (and the attention figure) for one caption result; returns its entry."""
+        files = write_outputs(self.dir, unique_stem(name, self._stems), image, result, self.attention)
+        self.entries.append(result | {"files": [p.name for p in files]})
+        return self.entries[-1]
+
+    def skip(self, error: str) -> None:
+        self.skipped.append(error)
+
+    def close(self) -> Path:
+        from captioner.io import write_json_atomic
+
+        return write_json_atomic(self.dir / "captions.json", {"model": self.model, "captions": self.entries,
+                                                              "skipped": self.skipped})
