@@ -75,6 +75,7 @@ def test_topk_is_the_ensembles_distribution_at_each_position(files, flip_run):
     # one position, computed from the four decoders (a, b, mirrored a, mirrored b) one by one
     model = teacher.models.with_settings(teacher.load_models([a, b]), FLIP[1::2])
     chosen, feats, _ = teacher.features.split_features(model, data, "train", cache, progress=False)
+    feats = {k: v.float() for k, v in feats.items()}  # read from the cache, in memory
     image, t = 3, 2
     record = next(r for r in records if r["image"] == chosen[image].name)
     caption = torch.tensor([[model.vocab.start_id, *record["tokens"], model.vocab.end_id]])
@@ -100,6 +101,7 @@ def test_consensus_never_takes_an_image_as_its_own_neighbour(files):
     _, records = run_teacher(files, root / "consensus.jsonl", "--model", a, "--model", b, *sets)
     model = teacher.models.with_settings(teacher.load_models([a, b]), sets[1::2])
     chosen, feats, _ = teacher.features.split_features(model, data, "train", cache, progress=False)
+    feats = {k: v.float() for k, v in feats.items()}  # read from the cache, in memory
     reranker = teacher.features.consensus_reranker(model, data, cache, progress=False)
     own = [[i] for i in range(len(chosen))]  # the index holds the training images in the same order
     assert reranker.neighbours(feats) == own  # what evaluate reranks with: each image's own captions

@@ -29,3 +29,41 @@ def test_length_bucketing_cuts_padding():
 
     assert padded_words(lengths) < 0.8 * padded_words(None)
     assert padded_words(lengths) < 1.1 * int(lengths.sum())
+
+
+def test_streamed_rows_read_what_the_cache_holds(tmp_path):
+    """CacheRows: rows read from the memory-mapped files equal the cache loaded into memory, in any order; a view
+    of some rows reads nothing until asked; pickled (as for DataLoader workers), it opens the file again."""
+    import pickle
+
+    import numpy as np
+
+    from captioner.features import CacheRows, read_rows
+
+    grid = np.lib.format.open_memmap(tmp_path / "grid.npy", mode="w+", dtype=np.float16, shape=(6, 4, 3))
+    grid[:] = np.arange(72, dtype=np.float16).reshape(6, 4, 3)
+    grid.flush()
+    rows = CacheRows(np.load(tmp_path / "grid.npy", mmap_mode="r"), np.array([5, 1, 3]))
+    assert rows.size() == (3, 4, 3) and rows.size(0) == len(rows) == 3
+    assert torch.equal(rows[0:2], torch.from_numpy(np.asarray(grid[[5, 1]])))
+    assert torch.equal(read_rows(rows, torch.tensor([2, 0])), torch.from_numpy(np.asarray(grid[[3, 5]])).float())
+    some = rows.take([2])  # a view: the file's row 3
+    assert torch.equal(some.float(), torch.from_numpy(np.asarray(grid[[3]])).float())
+    again = pickle.loads(pickle.dumps(rows))
+    assert len(pickle.dumps(rows)) < 1000 and torch.equal(again[:], rows[:])
+
+
+def test_training_streams_when_the_cache_is_large_or_several_processes_train(monkeypatch):
+    from types import SimpleNamespace
+
+    from captioner.config import load_config
+    from captioner.training import train as training
+
+    cache = SimpleNamespace(nbytes=1_000_000_000)  # 1 GB on disk, 2 GB in float32
+    monkeypatch.setattr(training, "available_memory", lambda: 16_000_000_000)
+    assert training._features_in_memory(load_config("synth_soft", ["train.devices=1"]), cache)
+    assert not training._features_in_memory(load_config("synth_soft", ["train.devices=2"]), cache)
+    assert not training._features_in_memory(load_config("synth_soft", ["train.feature_source=stream"]), cache)
+    monkeypatch.setattr(training, "available_memory", lambda: 6_000_000_000)
+    assert not training._features_in_memory(load_config("synth_soft", ["train.devices=1"]), cache)
+    assert training._features_in_memory(load_config("synth_soft", ["train.feature_source=memory"]), cache)

@@ -114,11 +114,77 @@ class FeatureCache:
         grid = torch.from_numpy(self.grid[index]).to(dtype)  # [n, L, C]
         return global_, grid
 
+    def streamed(self, rows: Sequence[int] | None = None) -> dict[str, CacheRows]:
+        """The cache's rows (default: all of them) as ``{"global": .., "grid": ..}`` that read from the
+        memory-mapped files when indexed (:class:`CacheRows`): nothing is held in this process's memory, and
+        several processes reading one cache share the operating system's page cache."""
+        index = np.arange(len(self.names)) if rows is None else np.asarray(rows, dtype=np.int64)
+        return {"global": CacheRows(self.global_, index), "grid": CacheRows(self.grid, index)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes on disk of the feature arrays (float16)."""
+        return int(self.grid.nbytes + self.global_.nbytes)
+
     def load_all(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """The whole cache in RAM: ``(global [N, D], grid [N, L, C])``, same order as ``forward``."""
         global_ = torch.from_numpy(np.array(self.global_)).to(dtype)  # [N, D]
         grid = torch.from_numpy(np.array(self.grid)).to(dtype)  # [N, L, C]
         return global_, grid
+
+
+class CacheRows:
+    """Some rows of one memory-mapped cache array, read only when asked for.
+
+    ``rows.read(index)`` reads the rows at these positions (a list, array or tensor of positions into this
+    view) as a float16 tensor ``[n, ...]``; ``rows[i:j]`` reads a range the same way; ``rows.take(index)`` is
+    another view of some of these rows, reading nothing. ``size(0)`` / ``len()`` count the rows. The view
+    pickles as its file's path (DataLoader worker processes open the file again instead of copying it).
+    """
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, np.asarray(rows, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def size(self, dim: int | None = None):
+        shape = (len(self.rows), *self.array.shape[1:])
+        return shape if dim is None else shape[dim]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.size()
+
+    def read(self, index) -> Tensor:
+        positions = self.rows[np.asarray(index, dtype=np.int64)]  # rows of the file
+        return torch.from_numpy(np.ascontiguousarray(self.array[positions]))  # float16 [n, ...]
+
+    def float(self) -> Tensor:
+        """All these rows, read now, as one float32 tensor (as a tensor's ``.float()``)."""
+        return self[:].float()
+
+    def take(self, index) -> CacheRows:
+        return CacheRows(self.array, self.rows[np.asarray(index, dtype=np.int64)])
+
+    def __getitem__(self, key) -> Tensor:
+        if isinstance(key, slice):
+            return self.read(np.arange(len(self.rows))[key])
+        return self.read(key)
+
+    def __reduce__(self):
+        return _reopen, (str(self.array.filename), self.rows)
+
+
+def _reopen(path: str, rows: np.ndarray) -> CacheRows:
+    return CacheRows(np.load(path, mmap_mode="r"), rows)
+
+
+def read_rows(features: Tensor | CacheRows, rows: Tensor) -> Tensor:
+    """``features[rows]`` as float32, from a tensor in memory or from the cache on disk."""
+    if isinstance(features, CacheRows):
+        return features.read(rows.numpy()).float()
+    return features[rows].float()
 
 
 def read_meta(out_dir: Path) -> dict:

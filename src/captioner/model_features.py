@@ -14,7 +14,7 @@ from PIL import ImageOps
 from captioner.captioning import encode_images, read_images, with_mirrored
 from captioner.devices import module_device
 from captioner.errors import CaptionerError
-from captioner.features import load_features, load_mirrored_features, split_rows
+from captioner.features import CacheRows, load_features, load_mirrored_features, split_rows
 from captioner.model import CaptionModel, model_encoder
 
 log = logging.getLogger("captioner")
@@ -23,7 +23,9 @@ log = logging.getLogger("captioner")
 def split_features(model: CaptionModel, data: str | Path, split: str = "val", cache_root: str | Path | None = None,
                    limit: int | None = None, progress: bool = True) -> tuple[list, dict[str, torch.Tensor], list[str]]:
     """The images of a split that the model can caption, their encoder features and the names of the images
-    that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Features come from the cache, or
+    that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Cached features are
+    :class:`~captioner.features.CacheRows`, read from disk as they are sliced (``feats["grid"][i:j]``).
+    Features come from the cache, or
     from the model's own encoder when it carries one (fine-tuned: its features are in no cache). An ensemble
     across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}; ``decode.flip`` adds
     those of the mirrored images (:func:`with_mirrored`; cached apart, in a folder ending ``-mirror``)."""
@@ -58,8 +60,7 @@ def _split_features(model: CaptionModel, data, split, cache_root, limit, progres
             cache = load_mirrored_features(model.config, dataset, in_split, split, cache_root, progress, device)
         failed = sorted(cache.failed)
         chosen, rows = split_rows(records, cache, split, limit)
-        global_t, grid_t = cache.load_rows(rows)  # [n, D], [n, L, C]
-        feats = {"global": global_t, "grid": grid_t}
+        feats = cache.streamed(rows)  # {"global": [n, D], "grid": [n, L, C]}, read from disk batch by batch
     if not chosen:
         raise CaptionerError(f"{data}: no usable images in split '{split}' (splits: {dataset.splits()})")
     return chosen, feats, failed
@@ -81,7 +82,8 @@ def _common_images(parts: list[tuple]) -> tuple[list, list[dict], list[str]]:
     for records, f, _ in parts:
         rows = {r.name: i for i, r in enumerate(records)}
         index = torch.tensor([rows[r.name] for r in chosen])
-        aligned.append({k: v[index] for k, v in f.items()})  # [n, ...] in the order of ``chosen``
+        aligned.append({k: v.take(index) if isinstance(v, CacheRows) else v[index]  # [n, ...] in the order
+                        for k, v in f.items()})  # of ``chosen``
     unread = {name for _, _, bad in parts for name in bad}  # by any of them: not scored
     unread |= {r.name for records, _, _ in parts for r in records} - common
     return chosen, aligned, sorted(unread)
@@ -108,7 +110,7 @@ def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | P
     in ``<cache>/consensus/<dataset>-<encoder>.pt``."""
     if model.encoder_state is None:
         chosen, feats, _ = _split_features(model, data, "train", cache_root, None, progress)  # the images alone
-        return chosen, feats["global"]
+        return chosen, feats["global"].float()  # [N, D] in memory
     from captioner.data.readers import dataset_fingerprint, load_dataset
     from captioner.features import default_cache_root
     from captioner.io import torch_save_atomic

@@ -305,8 +305,11 @@ _RULES: tuple[_Rule, ...] = (
 
 # A plain ASCII word followed by white space can only be a WORD token (the assimilations are
 # the one exception), and a lone punctuation mark before white space (not starting a spaced
-# ". . .") is itself a token: both skip the rule table, and that is most of a caption.
-_FAST_WORD = re.compile(r"[A-Za-z]+(?=[ \t\n])|[.,;:?!](?=[ \t\n](?!\.))")
+# ". . .") is itself a token: both skip the rule table, and that is most of a caption.  A run of
+# them is matched at once (one regex call for most of a caption) and split at the white space.
+_FAST_TOKEN = r"(?:[A-Za-z]+|[.,;:?!](?=[ \t\n](?!\.)))"
+_FAST_WORD = re.compile(_FAST_TOKEN + r"(?=[ \t\n])")
+_FAST_RUN = re.compile(f"(?:{_FAST_TOKEN}[ \t\n]+)+")
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
 _FAST_SKIP = re.compile(SKIP)
 
@@ -318,13 +321,31 @@ def _compiled_rules() -> tuple[tuple[re.Pattern, Action], ...]:
 
 
 def _longest_match(text: str, pos: int) -> tuple[Action, str] | None:
-    """The winning rule at ``pos``: longest match (context included), earliest rule on ties."""
+    """The winning rule at ``pos``: longest match (context included), earliest rule on ties.
+
+    The winner depends only on the text from ``pos`` on, so a short rest (typically a caption's last
+    word and its full stop, "table.") is looked up in a cache instead of trying every rule again.
+    """
+    rest = text[pos:]
+    return _longest_match_cached(rest) if len(rest) <= _CACHED_REST else _try_rules(rest)
+
+
+_CACHED_REST = 24  # longest rest of a caption whose winning rule is cached
+
+
+@lru_cache(maxsize=65536)
+def _longest_match_cached(rest: str) -> tuple[Action, str] | None:
+    return _try_rules(rest)
+
+
+def _try_rules(text: str) -> tuple[Action, str] | None:
+    """The winning rule at the start of ``text``."""
     best: tuple[Action, str] | None = None
     best_len = 0
     for regex, action in _compiled_rules():
-        m = regex.match(text, pos)
-        if m is not None and m.end() - pos > best_len:
-            best, best_len = (action, m.group("head")), m.end() - pos
+        m = regex.match(text)
+        if m is not None and m.end() > best_len:
+            best, best_len = (action, m.group("head")), m.end()
     return best
 
 
@@ -339,6 +360,13 @@ def ptb_tokens(text: str) -> list[str]:
         if skip is not None:
             pos = skip.end()
             continue
+        run = _FAST_RUN.match(text, pos)
+        if run is not None:
+            words = run.group().split()
+            if _ASSIMILATIONS.isdisjoint(w.lower() for w in words):
+                tokens.extend(words)
+                pos = run.end()
+                continue
         word = _FAST_WORD.match(text, pos)
         if word is not None and word.group().lower() not in _ASSIMILATIONS:
             tokens.append(word.group())

@@ -1,7 +1,8 @@
-"""Batches for training and validation, from the feature cache held in memory.
+"""Batches for training and validation, from the feature cache: rows read per batch from its memory-mapped
+files (:class:`~captioner.features.CacheRows`), or from tensors in memory.
 
 Training iterates over (image, caption) pairs; validation over images (each decoded once and scored
-against all its references). Batches are gathered with one tensor index per batch, not per item.
+against all its references). Batches are gathered with one index per batch, not per item.
 """
 
 import torch
@@ -11,6 +12,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
 from captioner.distributed import rank_and_world
+from captioner.features import CacheRows, read_rows
+
+Features = dict[str, Tensor | CacheRows]  # {"global": [N, D], "grid": [N, L, C]}, in memory or on disk
 
 
 def encode_captions(records: list[ImageRecord], rows: list[int], vocab: Vocab,
@@ -32,8 +36,8 @@ def encode_captions(records: list[ImageRecord], rows: list[int], vocab: Vocab,
 class CaptionBatches(Dataset):
     """Item i of this dataset is a whole batch: the list of caption indices given by the batch sampler."""
 
-    def __init__(self, features: dict[str, Tensor], captions: Tensor, rows: Tensor,
-                 mirrored: tuple[dict[str, Tensor], Tensor] | None = None):
+    def __init__(self, features: Features, captions: Tensor, rows: Tensor,
+                 mirrored: tuple[Features, Tensor] | None = None):
         """``mirrored`` (train.flip): the features of the mirrored images and, for each row of ``features``, the
         row of its mirror there (-1: none); each caption of a batch reads its mirror with probability 0.5."""
         self.features, self.captions, self.rows, self.mirrored = features, captions, rows, mirrored
@@ -46,20 +50,21 @@ class CaptionBatches(Dataset):
         caps = self.captions[index_t]  # [B, T_max]
         width = int((caps != 0).sum(1).max())
         rows = self.rows[index_t]
-        feats = {k: v[rows].float() for k, v in self.features.items()}  # fp16 cache -> fp32
+        feats = {k: read_rows(v, rows) for k, v in self.features.items()}  # [B, ...] float32
         if self.mirrored is not None:
             mirror_feats, mirror_of = self.mirrored
             mirror_rows = mirror_of[rows]  # [B]
             flip = (torch.rand(len(rows)) < 0.5) & (mirror_rows >= 0)  # [B] which captions read the mirror
-            for k, v in feats.items():
-                v[flip] = mirror_feats[k][mirror_rows[flip]].float()
+            if flip.any():
+                for k, v in feats.items():
+                    v[flip] = read_rows(mirror_feats[k], mirror_rows[flip])
         return {"feats": feats, "captions": caps[:, :width]}
 
 
 class ImageBatches(Dataset):
     """Validation/evaluation: item i is a batch of images (feature rows) with their keys."""
 
-    def __init__(self, features: dict[str, Tensor], rows: list[int], keys: list[str]):
+    def __init__(self, features: Features, rows: list[int], keys: list[str]):
         self.features, self.rows, self.keys = features, rows, keys
 
     def __len__(self) -> int:
@@ -67,7 +72,7 @@ class ImageBatches(Dataset):
 
     def __getitem__(self, index: list[int]) -> dict:
         rows = torch.as_tensor([self.rows[i] for i in index])
-        return {"feats": {k: v[rows].float() for k, v in self.features.items()},
+        return {"feats": {k: read_rows(v, rows) for k, v in self.features.items()},
                 "keys": [self.keys[i] for i in index]}
 
 
@@ -124,7 +129,7 @@ class ShuffledBatches(Sampler[list[int]]):
 
 
 def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-                 bucket_by_length: bool = False) -> DataLoader:
+                 bucket_by_length: bool = False, pin_memory: bool = False) -> DataLoader:
     lengths = (dataset.captions != 0).sum(1) if bucket_by_length else None  # [N] caption lengths
     sampler = ShuffledBatches(len(dataset), batch_size, seed, shuffle, lengths)
     # its own generator: starting an epoch's iterator then draws nothing from the global RNG, whose stream
@@ -132,7 +137,7 @@ def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0
     # Workers persist across epochs: fine-tuning decodes images in them, and restarting 15 of them every
     # epoch cost a GPU run 30 s of its first epoch and more at each validation.
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, collate_fn=_identity,
+                      persistent_workers=num_workers > 0, collate_fn=_identity, pin_memory=pin_memory,
                       generator=torch.Generator().manual_seed(seed))
 
 
