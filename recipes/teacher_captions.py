@@ -11,7 +11,7 @@ same features of the split. One difference: consensus reranking never takes an i
 training image's own captions would choose its caption).
 
 Output, one JSON object per line: a header {"header": true, "command", "models": [{"file", "sha256"}],
-"settings", "split"}, then per image {"image", "view" (plain, or flip with decode.flip), "caption", "tokens" (word
+"settings", "split", "vocab" (the words the ids below stand for)}, then per image {"image", "view" (plain, or flip with decode.flip), "caption", "tokens" (word
 ids of the first file's vocabulary), "score" (the beam's score), "topk"}. "topk" (with --topk K > 0): at each
 position of the caption (each word, then the <end> after them) the K likeliest next words of the ensemble's
 distribution, teacher-forced through the decoder that decoded it (with decode.flip: both views), as
@@ -107,7 +107,8 @@ def run(args: argparse.Namespace, command: str) -> None:
     beam_size, max_len = decoding.search_size(model, args.beam_size, args.max_len)
     header = {"header": True, "command": command,
               "models": [{"file": path, "sha256": sha256(path)} for path in args.model],
-              "settings": settings(model, beam_size, max_len, args.topk), "split": args.split}
+              "settings": settings(model, beam_size, max_len, args.topk), "split": args.split,
+              "vocab": list(model.vocab.itos)}  # what the word ids of "tokens" and "topk" mean
     has_header, done = resume(out, header)
 
     chosen, feats, failed = features.split_features(model, args.data, args.split, args.cache, args.limit,
