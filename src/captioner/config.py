@@ -123,6 +123,13 @@ class TrainConfig:
     ss_max: float = 0.0
     ss_start: int = 0  # scheduled sampling: the first epoch (counting from 0) that feeds sampled words
     ss_ramp: int = 5  # scheduled sampling: epochs until the probability reaches ss_max
+    # sequence-level knowledge distillation (Kim & Rush 2016): a teacher's captions of the training images (a
+    # JSONL file from recipes/teacher_captions.py) train the model beside the human captions
+    distill: str | None = None
+    distill_weight: float = 1.0  # distillation: the weight of a teacher caption's words against a human caption's
+    # word-level distillation: the weight of a cross-entropy term against the teacher's stored top-k next-word
+    # probabilities along its captions (0: off; needs a teacher file written with --topk)
+    distill_topk: float = 0.0
     init_from: str | None = None  # a model.pt to start from (its vocabulary too): e.g. SCST after cross-entropy
     # self-critical sequence training (Rennie et al. 2017): reward = CIDEr-D of sampled captions against the
     # image's training references, baseline = the greedy caption's reward or the mean of the other samples
@@ -227,6 +234,8 @@ class Config:
         if self.train.feature_source not in ("auto", "memory", "stream"):
             raise file_error(source, f"train.feature_source must be auto, memory or stream, not "
                                      f"{self.train.feature_source!r}")
+        if self.train.distill_weight < 0 or self.train.distill_topk < 0:
+            raise file_error(source, "train.distill_weight and train.distill_topk must not be negative")
         if self.train.monitor not in ("bleu4", "cider"):
             raise file_error(source, f"train.monitor must be bleu4 or cider, not {self.train.monitor!r}")
         if self.model.reinforce_reward not in ("caption", "word"):

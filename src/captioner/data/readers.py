@@ -130,19 +130,23 @@ def _numbered_lines(text: str) -> Iterator[tuple[int, str]]:
 
 
 class _Captions:
-    """Captions per image key, in order of first appearance.  Empty captions are counted, not kept."""
+    """Captions per image key, in order of first appearance, with their tokens (each caption is tokenised
+    once, here).  Empty captions are counted, not kept."""
 
     def __init__(self, source: Path):
         self.source = source
         self.by_image: dict[str, list[str]] = {}
+        self.tokens: dict[str, list[list[str]]] = {}  # by_image's captions tokenised
         self.empty: list[str] = []  # where each skipped caption was
 
     def add(self, image: str, caption: str, where: str) -> None:
         caption = caption.strip()
-        if not tokenize(caption):
+        tokens = tokenize(caption)
+        if not tokens:
             self.empty.append(where)
             return
         self.by_image.setdefault(image, []).append(caption)
+        self.tokens.setdefault(image, []).append(tokens)
 
     def warn_empty(self) -> None:
         if self.empty:
@@ -339,7 +343,7 @@ def _assemble(captions: _Captions, splits: dict[str, str], images_dir: Path) -> 
             missing.append(key)
             continue
         records.append(ImageRecord(image=image.absolute(), split=splits.get(key, ""), captions_raw=raw,
-                                   captions=[tokenize(c) for c in raw]))
+                                   captions=captions.tokens[key]))
     if missing and not records:
         raise file_error(images_dir, f"none of the {len(missing)} images listed in {source.name} is here")
     if missing:

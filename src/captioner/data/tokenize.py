@@ -311,6 +311,7 @@ _FAST_TOKEN = r"(?:[A-Za-z]+|[.,;:?!](?=[ \t\n](?!\.)))"
 _FAST_WORD = re.compile(_FAST_TOKEN + r"(?=[ \t\n])")
 _FAST_RUN = re.compile(f"(?:{_FAST_TOKEN}[ \t\n]+)+")
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
+_HAS_ASSIMILATION = re.compile(r"(?i)\b(?:" + "|".join(_ASSIMILATIONS) + r")\b")
 _FAST_SKIP = re.compile(SKIP)
 
 
@@ -361,12 +362,10 @@ def ptb_tokens(text: str) -> list[str]:
             pos = skip.end()
             continue
         run = _FAST_RUN.match(text, pos)
-        if run is not None:
-            words = run.group().split()
-            if _ASSIMILATIONS.isdisjoint(w.lower() for w in words):
-                tokens.extend(words)
-                pos = run.end()
-                continue
+        if run is not None and not _HAS_ASSIMILATION.search(run.group()):
+            tokens.extend(run.group().split())
+            pos = run.end()
+            continue
         word = _FAST_WORD.match(text, pos)
         if word is not None and word.group().lower() not in _ASSIMILATIONS:
             tokens.append(word.group())
@@ -385,8 +384,8 @@ def ptb_tokens(text: str) -> list[str]:
 
 @lru_cache(maxsize=65536)
 def _tokenize_cached(text: str) -> tuple[str, ...]:
-    tokens = (tok.lower() for tok in ptb_tokens(text.replace("\n", " ")))
-    return tuple(tok for tok in tokens if tok not in PUNCTUATIONS)
+    tokens = map(str.lower, ptb_tokens(text.replace("\n", " ")))
+    return tuple([tok for tok in tokens if tok not in PUNCTUATIONS])
 
 
 def tokenize(text: str) -> list[str]:

@@ -81,12 +81,17 @@ class Decoder(nn.Module):
         out.update({k: v for k, v in ctx.items() if k.startswith("flag_")})
         return out
 
-    def loss(self, feats: Features, captions: Tensor, sample_prob: float = 0.0,
-             label_smoothing: float = 0.0) -> dict[str, Tensor]:
+    def loss(self, feats: Features, captions: Tensor, sample_prob: float = 0.0, label_smoothing: float = 0.0,
+             weights: Tensor | None = None, soft: tuple[Tensor, Tensor] | None = None,
+             soft_weight: float = 0.0) -> dict[str, Tensor]:
         """Masked cross-entropy per word (+ model-specific terms). ``loss`` is what to minimise.
 
         ``label_smoothing`` (Szegedy et al. 2016) changes the objective only: ``nll`` (logged, and the reward
         of hard attention's REINFORCE term) stays the plain negative log-likelihood.
+        ``weights`` [B]: each caption's weight in the cross-entropy (a teacher caption's, in distillation).
+        ``soft`` (ids, probs [B, T-1, K]): a teacher's top-k next-word probabilities at each position, for a
+        ``soft_weight`` x cross-entropy term against them (word-level distillation, Kim & Rush 2016):
+        - sum_k p_k log q(w_k) over the positions that have them.
         """
         out = self.teacher_forcing(feats, captions, sample_prob)
         targets = captions[:, 1:]  # [B, T-1]
@@ -98,6 +103,17 @@ class Decoder(nn.Module):
         if label_smoothing > 0:
             smoothed = F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing) * mask
             terms = {"smoothed_nll": smoothed.sum() / n_tokens, "log_nll": terms["nll"].detach()}
+        if weights is not None:  # weighted mean over the words instead of the plain mean
+            w = mask * weights[:, None]  # [B, T-1]
+            per_word = smoothed if label_smoothing > 0 else nll
+            terms = {"weighted_nll": (per_word * w).sum() / w.sum().clamp(min=1e-8),
+                     "log_nll": terms["nll"].detach() if "nll" in terms else terms["log_nll"]}
+        if soft is not None and soft_weight > 0:
+            ids, probs = soft  # [B, T-1, K]
+            logq = F.log_softmax(out["logits"].float(), dim=-1).gather(-1, ids)  # [B, T-1, K]
+            cross = -(probs * logq).sum(-1)  # [B, T-1]
+            where = (probs.sum(-1) > 0) & mask
+            terms["distill_topk"] = soft_weight * (cross * where).sum() / where.sum().clamp(min=1)
         terms.update(self.extra_losses(out, nll, mask, n_tokens))
         terms["loss"] = sum(v for k, v in terms.items() if not k.startswith("log_"))
         return terms

@@ -37,10 +37,15 @@ class CaptionBatches(Dataset):
     """Item i of this dataset is a whole batch: the list of caption indices given by the batch sampler."""
 
     def __init__(self, features: Features, captions: Tensor, rows: Tensor,
-                 mirrored: tuple[Features, Tensor] | None = None):
+                 mirrored: tuple[Features, Tensor] | None = None, weights: Tensor | None = None,
+                 soft: tuple[Tensor, Tensor, Tensor] | None = None):
         """``mirrored`` (train.flip): the features of the mirrored images and, for each row of ``features``, the
-        row of its mirror there (-1: none); each caption of a batch reads its mirror with probability 0.5."""
+        row of its mirror there (-1: none); each caption of a batch reads its mirror with probability 0.5.
+        ``weights`` [N]: each caption's weight in the loss (distillation: a teacher caption's). ``soft``
+        (word-level distillation): for each caption the row of its soft targets (-1: none) and those targets,
+        ids and probabilities [M, P, K]."""
         self.features, self.captions, self.rows, self.mirrored = features, captions, rows, mirrored
+        self.weights, self.soft = weights, soft
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -58,7 +63,40 @@ class CaptionBatches(Dataset):
             if flip.any():
                 for k, v in feats.items():
                     v[flip] = read_rows(mirror_feats[k], mirror_rows[flip])
-        return {"feats": feats, "captions": caps[:, :width]}
+        batch = {"feats": feats, "captions": caps[:, :width]}
+        if self.weights is not None:
+            batch["weights"] = self.weights[index_t]  # [B]
+        if self.soft is not None:
+            batch["topk_ids"], batch["topk_probs"] = self._soft_targets(index_t, width - 1)
+        return batch
+
+    def _soft_targets(self, index: Tensor, positions: int) -> tuple[Tensor, Tensor]:
+        """The batch's soft targets, [B, positions, K] ids and probabilities (zero for captions without)."""
+        row_of, ids, probs = self.soft
+        rows = row_of[index]  # [B]
+        has = rows >= 0
+        n = min(positions, ids.size(1))
+        out_ids = torch.zeros(len(index), positions, ids.size(2), dtype=torch.long)
+        out_probs = torch.zeros(len(index), positions, ids.size(2))
+        out_ids[has, :n] = ids[rows[has], :n]
+        out_probs[has, :n] = probs[rows[has], :n]
+        return out_ids, out_probs
+
+
+def with_teacher(captions: Tensor, rows: Tensor, teacher, weight: float) -> tuple[Tensor, Tensor, Tensor, tuple | None]:
+    """The human captions and the teacher's (:class:`~captioner.training.distill.TeacherCaptions`) as one
+    training set: (captions [N+M, T], rows [N+M], weights [N+M], soft targets for CaptionBatches or None)."""
+    width = max(captions.size(1), teacher.captions.size(1))
+    both = torch.zeros(len(captions) + len(teacher.captions), width, dtype=torch.long)  # <pad> is id 0
+    both[: len(captions), : captions.size(1)] = captions
+    both[len(captions) :, : teacher.captions.size(1)] = teacher.captions
+    weights = torch.cat([torch.ones(len(captions)), torch.full((len(teacher.captions),), float(weight))])
+    soft = None
+    if teacher.topk_ids is not None:
+        row_of = torch.cat([torch.full((len(captions),), -1, dtype=torch.long),
+                            torch.arange(len(teacher.captions))])
+        soft = (row_of, teacher.topk_ids, teacher.topk_probs)
+    return both, torch.cat([rows, teacher.rows]), weights, soft
 
 
 class ImageBatches(Dataset):

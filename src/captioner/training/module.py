@@ -67,8 +67,11 @@ class CaptionModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.cfg.train.scst:
             return self.scst_step(batch)
+        t = self.cfg.train
+        soft = (batch["topk_ids"], batch["topk_probs"]) if "topk_ids" in batch else None
         terms = self.decoder.loss(self.features(batch), batch["captions"], sample_prob=self.sample_prob(),
-                                  label_smoothing=self.cfg.train.label_smoothing)
+                                  label_smoothing=t.label_smoothing, weights=batch.get("weights"), soft=soft,
+                                  soft_weight=t.distill_topk)
         size = batch["captions"].size(0)
         for name, value in terms.items():
             self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,

@@ -37,7 +37,9 @@ from captioner.training.data import (
     ImageFileBatches,
     batch_loader,
     encode_captions,
+    with_teacher,
 )
+from captioner.training.distill import read_teacher
 from captioner.training.module import CaptionModule
 
 log = logging.getLogger("captioner")
@@ -173,6 +175,9 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     if t.scst and not t.init_from:
         raise CaptionerError("train.scst needs train.init_from: a model.pt trained with cross-entropy "
                              "(e.g. --set train.init_from=runs/soft_lite0/model.pt)")
+    if t.distill and cfg.encoder.finetune and (t.distill_weight != 1 or t.distill_topk > 0):
+        raise CaptionerError("train.distill_weight and train.distill_topk need cached features: with "
+                             "encoder.finetune the teacher's captions count as human ones (leave both at default)")
     encoder = config_encoder(cfg)
     # the start model is checked before any features are made
     start = _start_model(cfg, encoder) if t.init_from and not resume else None
@@ -195,6 +200,13 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     vocab = _prepare_run(cfg, out_dir, resume, train_records, start.vocab if start else None)
 
     captions, owners = encode_captions(train_records, train_rows, vocab, cfg.data.max_caption_len)
+    weights = soft = None
+    if t.distill and not t.scst:  # a teacher's captions beside the human ones
+        teacher = read_teacher(t.distill, dict(zip((r.name for r in train_records), train_rows, strict=True)),
+                               vocab, cfg.data.max_caption_len, topk=t.distill_topk > 0)
+        captions, owners, weights, soft = with_teacher(captions, owners, teacher, t.distill_weight)
+        log.info("distillation: %d teacher captions beside %d human ones", len(teacher.captions),
+                 len(captions) - len(teacher.captions))
     val_keys = [r.name for r in val_records]
     if cfg.encoder.finetune:
         paths = [r.image for r in records]
@@ -204,7 +216,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         in_memory = _features_in_memory(cfg, cache)
         features = _features(cache, in_memory)
         mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress, in_memory) if t.flip else None
-        train_set = CaptionBatches(features, captions, owners, mirrored)
+        train_set = CaptionBatches(features, captions, owners, mirrored, weights, soft)
         if t.scst:  # SCST samples captions per image and scores them against all its references
             train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
         val_set = ImageBatches(features, val_rows, val_keys)

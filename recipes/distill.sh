@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Distil the best recipe (five decoders on two fine-tuned encoders, log-probability averaging, test-time flip,
+# consensus reranking) into one soft-attention decoder of the shipped kind, on the fine-tuned EfficientNet-Lite2
+# features (sequence-level knowledge distillation, Kim & Rush 2016; word level with TOPK_WEIGHT > 0).
+# Stages (each one's output in OUT, the folder of recipes/best_recipe.sh, whose five decoders are the teacher):
+#   teacher_train.jsonl  the teacher's caption of every training image, with its top-10 next-word
+#                        probabilities (recipes/teacher_captions.py; resumable, image by image)
+#   NAME                 the student: soft attention from scratch on the Lite2 features, the human captions and
+#                        the teacher's (weight WEIGHT), label smoothing 0.1, up to EPOCHS epochs, best val CIDEr-D
+#   NAME_scst            + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline), as the shipped model
+#   NAME_scst/val.json   scored on val at beam 5 with the shipped decoding (length penalty 1.0, trigram blocking)
+# Usage: recipes/distill.sh DATA OUT     (run recipes/best_recipe.sh DATA OUT first: it makes the teacher)
+# Environment: PYTHON (default python3), NAME (default student), WEIGHT (default 1.0: train.distill_weight),
+#   TOPK_WEIGHT (default 0: train.distill_topk), HIDDEN (default 512: the decoder's hidden units), EPOCHS
+#   (default 6), SEED (default 0).
+# Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint,
+# the teacher's file goes on from its last image.
+set -euo pipefail
+if [ $# -ne 2 ]; then echo "usage: $0 DATA OUT" >&2; exit 2; fi
+PY=${PYTHON:-python3}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DATA=$(realpath "$1") OUT=$(realpath "$2")
+NAME=${NAME:-student}
+for needed in lite2.pt smooth_scst/model.pt lite0_pair.pt hard_scst/model.pt encoder.pth; do
+  [ -e "$OUT/$needed" ] || { echo "distill.sh: $OUT/$needed: missing; run recipes/best_recipe.sh first" >&2; exit 1; }
+done
+cd "$OUT"
+
+# the teacher: the best recipe's decoding (as its last report in best_recipe.sh)
+$PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt \
+  --model hard_scst/model.pt --data "$DATA" --split train --beam-size 5 --topk 10 --out teacher_train.jsonl \
+  --set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30 \
+  --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5 \
+  --set decode.ensemble_mean=logprob --set decode.flip=true
+
+train() {  # name, captioner train arguments
+  local name=$1
+  shift
+  if [ -f "$name/model.pt" ]; then echo "$name: done before"; return; fi
+  local resume=()
+  if [ -f "$name/checkpoints/last.ckpt" ]; then resume=(--resume); fi
+  $PY -m captioner.cli train --data "$DATA" --out "$name" --no-progress "${resume[@]}" "$@"
+}
+ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
+train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
+  --set train.max_epochs="${EPOCHS:-6}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \
+  --set train.distill="$OUT/teacher_train.jsonl" --set train.distill_weight="${WEIGHT:-1.0}" \
+  --set train.distill_topk="${TOPK_WEIGHT:-0}"
+train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" --set train.scst=true \
+  --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean --set train.scst_max_len=16 \
+  --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null --set train.max_epochs=1
+for stage in "$NAME" "${NAME}_scst"; do
+  [ -f "$stage/val.json" ] || $PY -m captioner.cli evaluate --model "$stage/model.pt" --data "$DATA" --split val \
+    --beam-size 5 --set decode.length_penalty=1.0 --set decode.block_ngram=3 --no-progress --out "$stage/val.json"
+done
