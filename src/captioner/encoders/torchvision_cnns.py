@@ -157,6 +157,12 @@ def _init_like_torchvision(net: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+    # torchvision's zero_init_residual: each residual branch starts at zero. Without it the random ResNet's
+    # activations double block after block (batch norm with its initial statistics is the identity) and
+    # ResNet-101's features overflow float16, the feature cache's type
+    for m in net.modules():
+        if isinstance(m, models.resnet.Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
 
 
 def _mobilenet_trunk(weights: str, blocks: int) -> tuple[nn.Module, set[str]]:
