@@ -142,17 +142,24 @@ def cmd_compare(args) -> None:
 
 
 def cmd_caption(args) -> None:
+    from captioner.library import find_images
     from captioner.viz.outputs import OutputFolder
 
+    if not args.images and not args.from_list:
+        raise CaptionerError("caption: give image files or folders, or --from-list FILE")
+    if args.output:
+        return caption_to_file(args)
     out = Path(args.out) if args.out else None
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
+    images = list(find_images(args.images, args.glob, args.from_list))
     cap = captioner_from_args(args)
     if out and not cap.has_attention:
         print(f"note: this model ({cap.kind}) has no attention map; writing captioned images only", file=sys.stderr)
     folder = OutputFolder(out, cap.kind, cap.has_attention) if out else None
     captioned = failed = 0
-    for path, image, result in cap.caption_iter(args.images, beam_size=args.beam_size, max_len=args.max_len):
+    for path, image, result in cap.caption_iter(images, batch_size=args.batch_size, beam_size=args.beam_size,
+                                                max_len=args.max_len):
         if result.error is not None:
             failed += 1
             print(f"skipped {result.error}", file=sys.stderr)
@@ -160,17 +167,71 @@ def cmd_caption(args) -> None:
                 folder.skip(result.error)
             continue
         captioned += 1
-        print(f"{path}: {result.text}" if len(args.images) > 1 else result.text, flush=True)
+        print(f"{path}: {result.text}" if len(images) > 1 else result.text, flush=True)
         if folder:
             folder.add(path, image, result.to_dict())
     if folder:
         folder.close()
         print(f"captioned images{' and attention figures' if cap.has_attention else ''} written to {out}/",
               file=sys.stderr)
+    _finish(captioned, failed, len(images))
+
+
+def caption_to_file(args) -> None:
+    """caption --output: records written as they are captioned, resumable, with a progress bar."""
+    from captioner.checkpoint import default_model_path
+    from captioner.library import RecordFile, caption_library, check_output_name, find_images, model_digest
+
+    check_output_name(args.output)
+    out = RecordFile(args.output, resume=args.resume)
+    images = [p for p in find_images(args.images, args.glob, args.from_list) if p not in out.done]
+    if not images:
+        out.close()
+        print(f"nothing to caption: {args.output} holds every image already", file=sys.stderr)
+        return
+    cap = captioner_from_args(args)
+    digest = model_digest(args.model or [default_model_path()])
+    with _progress_bar(len(images), not args.no_progress) as advance:
+        try:
+            captioned, failed = caption_library(cap, images, out, digest, batch_size=args.batch_size,
+                                                attention=args.attention, progress=advance,
+                                                beam_size=args.beam_size, max_len=args.max_len)
+        finally:
+            out.close()
+    print(f"{captioned} images captioned, {failed} failed; records in {args.output}", file=sys.stderr)
+    _finish(captioned, failed, len(images))
+
+
+def _finish(captioned: int, failed: int, total: int) -> None:
+    """Exit code 0 when every image was captioned, 3 when some failed, 2 when none could be."""
     if failed:
-        print(f"{failed} of {len(args.images)} images skipped", file=sys.stderr)
-        if not captioned:
-            raise SystemExit(2)
+        print(f"{failed} of {total} images skipped", file=sys.stderr)
+        raise SystemExit(2 if not captioned else 3)
+
+
+def _progress_bar(total: int, enabled: bool):
+    """A context giving a function to call once per image: a rich progress bar (images/s, time left)."""
+    from contextlib import contextmanager, nullcontext
+
+    if not enabled:
+        return nullcontext(lambda _record: None)
+
+    @contextmanager
+    def bar():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
+        from rich.progress import TimeRemainingColumn
+        from rich.text import Text
+
+        class Speed(ProgressColumn):
+            def render(self, task) -> Text:
+                return Text(f"{task.speed or 0:.1f} images/s")
+
+        columns = (TextColumn("captioning"), BarColumn(), MofNCompleteColumn(), Speed(), TimeRemainingColumn())
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task("captioning", total=total)
+            yield lambda _record: progress.advance(task)
+
+    return bar()
 
 
 def cmd_serve(args) -> None:
@@ -348,10 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="for BLEU-4's n-gram counts; use the one the reports were scored with (auto: ptb if Java)")
     s.set_defaults(func=cmd_compare)
 
-    s = sub.add_parser("caption", help="print one caption per image file")
+    s = sub.add_parser("caption", help="caption images: files, folders, a list; print them or write JSONL/CSV")
     s.add_argument("--model", action="append", help="model file (model.pt) or a run's Lightning checkpoint "
                    "(default: the model shipped with captioner); repeat it to decode with an ensemble")
-    s.add_argument("images", nargs="+", help="image files (JPEG, PNG, WebP, GIF, ...)")
+    s.add_argument("images", nargs="*", help="image files (JPEG, PNG, WebP, GIF, ...) and folders (their images, "
+                   "recursively)")
+    s.add_argument("--glob", default="*", help="in folders, only files whose names match this pattern (e.g. '*.jpg')")
+    s.add_argument("--from-list", metavar="FILE", help="a text file with one image path per line")
+    s.add_argument("--output", metavar="FILE.jsonl|FILE.csv", help="write one record per image (path, caption, "
+                   "score, model, error) as it is captioned; exit code 3 when some images failed")
+    s.add_argument("--resume", action="store_true", help="with --output: skip the images it already holds")
+    s.add_argument("--attention", action="store_true", help="with --output: add each caption's words and "
+                   "attention maps (one g*g list per word) to its record")
+    s.add_argument("--batch-size", type=positive_int, default=16, help="images encoded and decoded together "
+                   "(default 16)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_search_size(s)
     add_decode_set(s)
     s.add_argument("--out", help="folder for each image with its caption drawn (NAME.jpg), its per-word "

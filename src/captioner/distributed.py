@@ -11,8 +11,12 @@ other. Lightning's DDP strategy reuses that process group.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch.distributed as dist
+
+from captioner.errors import CaptionerError
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -66,6 +70,22 @@ def merge_dicts(part: dict) -> dict:
     parts: list = [None] * world
     dist.all_gather_object(parts, part)
     return {k: v for p in parts for k, v in p.items()}
+
+
+@contextmanager
+def fail_together() -> Iterator[None]:
+    """Run the block in every process, then wait for all of them (a barrier); a :class:`CaptionerError` raised
+    in the block by any process is raised by every process, so that none waits forever for one that stopped."""
+    error = None
+    try:
+        yield
+    except CaptionerError as e:
+        error = e
+    errors = merge_dicts({rank_and_world()[0]: str(error)} if error else {})
+    if error is not None:
+        raise error
+    if errors:
+        raise CaptionerError(errors[min(errors)])
 
 
 def spread(value: float) -> float:

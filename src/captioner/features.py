@@ -17,7 +17,9 @@ the next run tries them again.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from captioner.data.readers import dataset_fingerprint, load_dataset
 from captioner.data.records import ImageRecord
 from captioner.devices import extraction_options, pick_device, trains_on_gpu
-from captioner.distributed import barrier, merge_dicts, rank_and_world
+from captioner.distributed import barrier, fail_together, merge_dicts, rank_and_world
 from captioner.encoders import create_encoder
 from captioner.encoders.base import Encoder
 from captioner.errors import CaptionerError, file_error
@@ -42,6 +44,8 @@ META, GRID, GLOBAL, DONE = "meta.json", "grid.npy", "global.npy", "done.npy"
 DTYPE = np.float16
 TORCH_DTYPE = torch.float16
 FORMAT_VERSION = 1
+
+log = logging.getLogger("captioner")
 
 
 def default_cache_root() -> Path:
@@ -188,13 +192,37 @@ def read_rows(features: Tensor | CacheRows, rows: Tensor) -> Tensor:
 
 
 def read_meta(out_dir: Path) -> dict:
+    """meta.json, checked for what opening the cache needs (image names, the encoder's feature sizes)."""
     path = out_dir / META
     if not path.is_file():
         raise file_error(out_dir, "no feature cache here (meta.json missing); run `captioner features` first")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise file_error(path, f"unreadable feature-cache metadata ({e}); delete the directory and re-extract") from e
+        raise file_error(path, f"unreadable feature-cache metadata ({_one_line(e)}); delete the directory and "
+                         "re-extract") from None
+    problem = _meta_problem(meta)
+    if problem:
+        raise file_error(path, f"not a feature cache's metadata ({problem}); delete the directory and re-extract")
+    return meta
+
+
+def _meta_problem(meta) -> str | None:
+    """What is wrong with a parsed meta.json, or None."""
+    if not isinstance(meta, dict):
+        return f"a JSON {type(meta).__name__}, not an object"
+    names = meta.get("names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return "no 'names' list of image names"
+    encoder = meta.get("encoder")
+    if not isinstance(encoder, dict):
+        return "no 'encoder' object"
+    sizes = [k for k in ("grid_size", "grid_dim", "global_dim") if not isinstance(encoder.get(k), int)]
+    if sizes:
+        return f"the encoder has no {', '.join(sizes)}"
+    if not isinstance(meta.get("failed", {}), dict):
+        return "'failed' is not an object"
+    return None
 
 
 def check_matches(out_dir: Path, meta: dict, expect: dict) -> None:
@@ -210,14 +238,44 @@ def check_matches(out_dir: Path, meta: dict, expect: dict) -> None:
 
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """The array memory-mapped read-only; a missing, corrupt or truncated file, or another shape or type than
+    meta.json says, is a one-line error naming the file."""
+    if not path.is_file():
+        raise file_error(path, "missing from the feature cache; delete the directory and re-extract")
+    truncated = _truncation(path)
+    if truncated:
+        raise file_error(path, f"truncated feature array ({truncated}); delete the directory and re-extract")
     try:
         array = np.load(path, mmap_mode="r")
-    except (OSError, ValueError) as e:
-        raise file_error(path, f"unreadable feature array ({e}); re-run `captioner features`") from e
+    except (OSError, ValueError, EOFError) as e:
+        raise file_error(path, f"unreadable feature array ({_one_line(e)}); delete the directory and "
+                         "re-extract") from None
     if array.shape != shape or array.dtype != dtype:
         raise file_error(path, f"holds {array.dtype} {array.shape}, meta.json says {np.dtype(dtype)} {shape}; "
                          "re-extract")
     return array
+
+
+def _truncation(path: Path) -> str | None:
+    """How a .npy file falls short of the size its header announces (e.g. a copy cut off), or None (also when
+    the header itself cannot be read: :func:`np.load` then says what is wrong with it)."""
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_start = f.tell()
+    except (OSError, ValueError, EOFError):
+        return None
+    expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    actual = path.stat().st_size
+    return f"{actual} bytes, its header announces {expected}" if actual < expected else None
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message, first line only."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 # -- extraction ---------------------------------------------------------------------------------------
@@ -251,22 +309,27 @@ def extract_features(records: Sequence[ImageRecord], encoder: Encoder, out_dir: 
 
     In a multi-process run (DDP) the processes share the work: process r encodes every world-th missing
     image starting at r, into the same files; process 0 alone writes meta.json.
+
+    Before writing anything it says (log level INFO) how much disk the cache takes, and stops when the disk
+    does not have that much free. Features that overflow float16 stop it too (see :func:`_check_finite`).
     """
     out_dir = Path(out_dir)
     rank, world = rank_and_world()
     paths = unique_images(records)
     names = list(paths)
-    if rank == 0:
-        meta, resume = _start_meta(out_dir, encoder, names, fingerprint, overwrite)
-        arrays = _Arrays.open_or_create(out_dir, len(names), encoder, fresh=not resume)
-    barrier()  # the files exist: the other processes open them as they are
-    if rank != 0:
+    with fail_together():  # a refusal in process 0 stops every process; then the files exist
+        if rank == 0:
+            check_disk_space(out_dir, len(names), encoder)
+            meta, resume = _start_meta(out_dir, encoder, names, fingerprint, overwrite)
+            arrays = _Arrays.open_or_create(out_dir, len(names), encoder, fresh=not resume)
+    if rank != 0:  # the other processes open the files as they are
         meta, arrays = read_meta(out_dir), _Arrays.open_or_create(out_dir, len(names), encoder, fresh=False)
     todo = np.flatnonzero(~arrays.done).tolist()[rank::world]
     images = _ImageFiles([paths[names[row]] for row in todo], todo, encoder.preprocess)
-    failed = _encode_all(encoder, images, arrays, batch_size, num_workers, torch.device(device),
-                         progress and rank == 0)
-    failed = merge_dicts(failed)  # waits for every process's share
+    with fail_together():  # features that overflow in one process stop all of them
+        failed = _encode_all(encoder, images, arrays, batch_size, num_workers, torch.device(device),
+                             progress and rank == 0, out_dir)
+    failed = merge_dicts(failed)  # every process's share
     if rank == 0:
         write_json_atomic(out_dir / META, {**meta, "failed": failed, "complete": True})
         _report_failures(out_dir, failed)
@@ -283,6 +346,53 @@ def unique_images(records: Sequence[ImageRecord]) -> dict[str, Path]:
             raise CaptionerError(f"two images share the name {record.name!r} ({seen} and {record.image}); "
                                  "the feature cache indexes images by file name")
     return paths
+
+
+def cache_bytes(n_images: int, encoder: Encoder) -> int:
+    """Bytes a cache of ``n_images`` takes on disk: float16 grid and global features, and done.npy's flags."""
+    per_image = (encoder.grid_size**2 * encoder.grid_dim + encoder.global_dim) * np.dtype(DTYPE).itemsize
+    return n_images * (per_image + np.dtype(np.bool_).itemsize)
+
+
+def check_disk_space(out_dir: Path, n_images: int, encoder: Encoder) -> None:
+    """Log the cache's size; refuse (one line) when the disk has less free than it needs.
+
+    The arrays of an earlier, interrupted extraction count as free: they are resumed or replaced.
+    """
+    need = cache_bytes(n_images, encoder)
+    log.info("features of %d images: %s in %s", n_images, format_bytes(need), out_dir)
+    free = shutil.disk_usage(_existing_parent(out_dir)).free + _bytes_held(out_dir)
+    if free < need:
+        raise file_error(out_dir, f"needs {format_bytes(need)} for the feature cache, {format_bytes(free)} free")
+
+
+def format_bytes(n: int) -> str:
+    """``24.7 GB``, ``310.2 MB``, ``83.2 kB`` (powers of 1000, as disk sizes are sold)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
+
+
+def _existing_parent(path: Path) -> Path:
+    """``path`` or its nearest existing parent folder (the one whose disk the cache will go on)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _bytes_held(out_dir: Path) -> int:
+    """Disk space the cache's arrays already take in ``out_dir`` (allocated blocks: the files are sparse until
+    their rows are written)."""
+    held = 0
+    for name in (GRID, GLOBAL, DONE):
+        try:
+            stat = (out_dir / name).stat()
+        except OSError:
+            continue
+        held += stat.st_blocks * 512 if hasattr(stat, "st_blocks") else stat.st_size
+    return held
 
 
 def _start_meta(out_dir: Path, encoder: Encoder, names: list[str], fingerprint: str | None,
@@ -349,6 +459,7 @@ class _Item(NamedTuple):
 
 class _Batch(NamedTuple):
     rows: list[int]
+    names: list[str]  # of the readable images, in the order of rows
     images: Tensor | None  # [b, 3, S, S]: the readable images only
     errors: dict[str, str]
     size: int
@@ -377,11 +488,11 @@ def _collate(items: list[_Item]) -> _Batch:
     ok = [it for it in items if it.image is not None]
     images = torch.stack([it.image for it in ok]) if ok else None  # [b, 3, S, S]
     errors = {it.name: it.error for it in items if it.image is None}
-    return _Batch([it.row for it in ok], images, errors, len(items))
+    return _Batch([it.row for it in ok], [it.name for it in ok], images, errors, len(items))
 
 
 def _encode_all(encoder: Encoder, images: _ImageFiles, arrays: _Arrays, batch_size: int, num_workers: int,
-                device: torch.device, progress: bool) -> dict[str, str]:
+                device: torch.device, progress: bool, out_dir: Path) -> dict[str, str]:
     """Run the encoder over ``images`` batch by batch, storing rows as they come; returns the failures."""
     loader = DataLoader(images, batch_size=batch_size, num_workers=num_workers, collate_fn=_collate,
                         pin_memory=device.type == "cuda")
@@ -390,7 +501,9 @@ def _encode_all(encoder: Encoder, images: _ImageFiles, arrays: _Arrays, batch_si
         for batch in loader:
             failed.update(batch.errors)
             if batch.images is not None:
-                arrays.store(batch.rows, *_encode(encoder, batch.images, device))
+                global_, grid = _encode(encoder, batch.images, device)
+                _check_finite(global_, grid, batch.names, encoder, out_dir)
+                arrays.store(batch.rows, global_, grid)
             advance(batch.size)
     return failed
 
@@ -401,6 +514,20 @@ def _encode(encoder: Encoder, images: Tensor, device: torch.device) -> tuple[np.
         global_, grid = encoder(images)  # [b, D], [b, L, C]
     # to the cache's dtype in torch: numpy's float32 -> float16 conversion is ~10x slower
     return global_.to(TORCH_DTYPE).cpu().numpy(), grid.to(TORCH_DTYPE).cpu().numpy()
+
+
+def _check_finite(global_: np.ndarray, grid: np.ndarray, names: list[str], encoder: Encoder,
+                  out_dir: Path) -> None:
+    """Refuse features that are not finite in float16 (beyond +-65504 they become inf): training on them would
+    give NaN losses without a word. (A scale stored with the cache would have to be undone by every reader of
+    it, and an encoder whose outputs get that large is broken anyway.) Nothing of this batch is written; the
+    rows before it stay done."""
+    bad = ~(np.isfinite(global_).all(axis=1) & np.isfinite(grid).all(axis=(1, 2)))  # [b]
+    if bad.any():
+        name = names[int(np.flatnonzero(bad)[0])]
+        raise file_error(out_dir, f"features of {name} overflow float16 (inf/nan) with encoder "
+                         f"{_summary(encoder.describe())}: the encoder's outputs are too large for the feature "
+                         "cache; use trained weights (encoder.weights) or an encoder whose outputs stay below 65504")
 
 
 @contextmanager

@@ -311,7 +311,7 @@ _FAST_TOKEN = r"(?:[A-Za-z]+|[.,;:?!](?=[ \t\n](?!\.)))"
 _FAST_WORD = re.compile(_FAST_TOKEN + r"(?=[ \t\n])")
 _FAST_RUN = re.compile(f"(?:{_FAST_TOKEN}[ \t\n]+)+")
 _ASSIMILATIONS = frozenset(["cannot", "gonna", "gotta", "lemme", "gimme", "wanna"])
-_HAS_ASSIMILATION = re.compile(r"(?i)\b(?:" + "|".join(_ASSIMILATIONS) + r")\b")
+_HAS_ASSIMILATION = re.compile(r"(?i)\b(?:" + "|".join(sorted(_ASSIMILATIONS)) + r")\b")
 _FAST_SKIP = re.compile(SKIP)
 
 
