@@ -4,6 +4,7 @@ run), FLOPs counted from the shapes, and peak memory."""
 import resource
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -29,3 +30,16 @@ def count_flops(fn: Callable[[], object]) -> int:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def logged_epoch_seconds(run: Path) -> float | None:
+    """A training run's last epoch wall time as it logged it (``time/epoch_s`` in logs/metrics.csv), if it did."""
+    for path in (run / "logs").glob("**/metrics.csv"):
+        head, *rows = path.read_text().splitlines()
+        if "time/epoch_s" not in head.split(","):
+            continue
+        column = head.split(",").index("time/epoch_s")
+        values = [row.split(",")[column] for row in rows if row.split(",")[column]]
+        if values:
+            return float(values[-1])
+    return None

@@ -34,6 +34,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _own_cache(tmp_path_factory):
+    """Caches the tests make (features, ONNX exports) go to a folder of the test session's, not the user's."""
+    import os
+
+    if "CAPTIONER_CACHE" not in os.environ:
+        os.environ["CAPTIONER_CACHE"] = str(tmp_path_factory.mktemp("captioner-cache"))
+
+
 def untrained_model_file(path: Path, kind: str = "soft", hard_inference: str | None = None) -> Path:
     """An untrained model on the tiny encoder (synth_KIND config): enough to exercise commands end to end.
 

@@ -1,6 +1,11 @@
 """Feature cache: extraction matches the encoder, resumes, refuses mismatches, survives bad images."""
 
 import json
+import logging
+import multiprocessing
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +18,7 @@ from captioner.encoders import create_encoder
 from captioner.errors import CaptionerError
 from captioner.features import (
     FeatureCache,
+    cache_bytes,
     cache_dir_for,
     default_cache_root,
     extract_features,
@@ -178,3 +184,152 @@ def test_bad_images_are_recorded_and_the_rest_extracted(tmp_path, records, encod
                                direct(encoder, good)[1], atol=2e-3, rtol=2e-3)
     with pytest.raises(CaptionerError, match="failed to load"):
         cache.rows(["broken.png"])
+
+
+# -- disk space ----------------------------------------------------------------------------------------------
+
+
+def free_disk(monkeypatch, free: int) -> None:
+    """Make the disk look as if it had ``free`` bytes free."""
+    usage = SimpleNamespace(total=10**12, used=10**12 - free, free=free)
+    monkeypatch.setattr("captioner.features.shutil.disk_usage", lambda path: usage)
+
+
+def test_extraction_says_its_size_and_refuses_a_short_disk_before_writing(tmp_path, records, encoder, monkeypatch,
+                                                                        caplog):
+    out = tmp_path / "new" / "cache"
+    need = cache_bytes(N_IMAGES, encoder)
+    assert need == N_IMAGES * ((16 * 130 + 2080) * 2 + 1)  # float16 grid and global, a done flag
+    free_disk(monkeypatch, need // 2)
+    with pytest.raises(CaptionerError) as err:
+        extract_features(records, encoder, out, progress=False)
+    assert str(err.value) == f"{out}: needs 83.2 kB for the feature cache, 41.6 kB free"
+    assert not (tmp_path / "new").exists()  # nothing written
+
+    free_disk(monkeypatch, need)
+    with caplog.at_level(logging.INFO, logger="captioner"):
+        extract_features(records, encoder, out, progress=False)
+    assert f"features of 10 images: 83.2 kB in {out}" in caplog.text
+
+    free_disk(monkeypatch, 0)  # the arrays already there count as free: resuming or re-running needs no more
+    assert extract_features(records, encoder, out, progress=False).meta["complete"]
+
+
+def _extract_on_a_full_disk(rank: int, init_file: str, records, out: str, results) -> None:
+    """One of two processes extracting together; the disk looks full (process 0 alone checks it)."""
+    import torch.distributed as dist
+
+    import captioner.features
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    captioner.features.shutil.disk_usage = lambda path: SimpleNamespace(total=1, used=1, free=0)
+    try:
+        extract_features(records, create_encoder("tiny", weights="none"), out, progress=False)
+        results.put((rank, "extracted"))
+    except CaptionerError as e:
+        results.put((rank, str(e)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_refusal_in_process_0_stops_every_process_instead_of_a_hang(tmp_path, records):
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    out = tmp_path / "cache"
+    processes = [context.Process(target=_extract_on_a_full_disk,
+                                 args=(rank, str(tmp_path / "init"), records, str(out), results))
+                 for rank in (0, 1)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    hung = [p for p in processes if p.is_alive()]
+    for process in hung:
+        process.kill()
+    assert not hung
+    said = dict(results.get(timeout=5) for _ in processes)
+    assert said[0] == said[1] and "for the feature cache, 0.0 kB free" in said[0]
+
+
+# -- damaged caches --------------------------------------------------------------------------------------------
+
+
+def cut(name: str, keep) -> callable:
+    """Damage: keep only the first ``keep(size)`` bytes of the file."""
+    def damage(folder: Path) -> None:
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: keep(len(data))])
+    return damage
+
+
+def overwrite(name: str, at: int, data: bytes) -> callable:
+    def damage(folder: Path) -> None:
+        with (folder / name).open("r+b") as f:
+            f.seek(at)
+            f.write(data)
+    return damage
+
+
+def edit_meta(change) -> callable:
+    def damage(folder: Path) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        (folder / "meta.json").write_text(json.dumps(change(meta)))
+    return damage
+
+
+def save(name: str, array: np.ndarray) -> callable:
+    return lambda folder: np.save(folder / name, array)
+
+
+DAMAGES = {  # what is done to a good cache, the file the error must name, words it must say
+    "grid cut in half": (cut("grid.npy", lambda n: n // 2), "grid.npy", "truncated"),
+    "global cut after its header": (cut("global.npy", lambda n: 200), "global.npy", "truncated"),
+    "empty grid": (cut("grid.npy", lambda n: 0), "grid.npy", "not a .npy array"),
+    "grid header garbled": (overwrite("grid.npy", 12, b"{'descr': <f2, 'shape': ((("), "grid.npy", "corrupt header"),
+    "global not an array": (overwrite("global.npy", 0, b"PK\x03\x04 zip?"), "global.npy", "not a .npy array"),
+    "grid missing": (lambda folder: (folder / "grid.npy").unlink(), "grid.npy", "missing"),
+    "grid of other rows": (save("grid.npy", np.zeros((9, 16, 130), np.float16)), "grid.npy", "meta.json says"),
+    "global as float32": (save("global.npy", np.zeros((10, 2080), np.float32)), "global.npy", "holds float32"),
+    "meta not JSON": (lambda folder: (folder / "meta.json").write_text("{names: ["), "meta.json", "unreadable"),
+    "meta a list": (edit_meta(lambda m: [m]), "meta.json", "a JSON list, not an object"),
+    "meta without names": (edit_meta(lambda m: {k: v for k, v in m.items() if k != "names"}), "meta.json",
+                           "no 'names' list"),
+    "meta without a grid size": (edit_meta(lambda m: {**m, "encoder": {"name": "tiny"}}), "meta.json",
+                                 "the encoder has no grid_size, grid_dim, global_dim"),
+    "meta with fewer names": (edit_meta(lambda m: {**m, "names": m["names"][:-1]}), "grid.npy", "meta.json says"),
+}
+
+
+@pytest.fixture
+def good_cache(tmp_path_factory, records, encoder) -> Path:
+    out = tmp_path_factory.mktemp("good") / "cache"
+    extract_features(records, encoder, out, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_is_a_one_line_error_naming_the_file(tmp_path, good_cache, damage):
+    harm, file, words = DAMAGES[damage]
+    folder = tmp_path / "damaged"
+    shutil.copytree(good_cache, folder)
+    harm(folder)
+    with pytest.raises(CaptionerError) as err:
+        FeatureCache.open(folder)
+    message = str(err.value)
+    assert message.startswith(f"{folder / file}: ") and words in message and "\n" not in message, message
+
+
+# -- features beyond float16 ------------------------------------------------------------------------------------
+
+
+def test_features_that_overflow_float16_stop_the_extraction(tmp_path, records, encoder):
+    with torch.no_grad():  # outputs ~10^6 times larger: beyond float16's 65504
+        for conv in (m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)):
+            conv.weight.mul_(100)
+    out = tmp_path / "cache"
+    with pytest.raises(CaptionerError) as err:
+        extract_features(records, encoder, out, batch_size=4, progress=False)
+    assert str(err.value).startswith(f"{out}: features of img00.png overflow float16 (inf/nan) with encoder "
+                                     "tiny (none) s64 g4: the encoder's outputs are too large")
+    assert not np.load(out / "done.npy").any()  # nothing of it stored
+    assert not json.loads((out / "meta.json").read_text())["complete"]

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from captioner.decoding import Hypothesis, beam_search, beam_search_nbest
 from captioner.devices import module_device
 from captioner.errors import CaptionerError
-from captioner.model import CaptionModel, EncoderGroup, model_encoder, with_settings
+from captioner.model import CaptionModel, EncoderGroup, model_encoder, onnx_encoder, with_settings
 
 # the decoding settings a Captioner takes, as keyword arguments of load() and of each call
 DECODE_SETTINGS = ("beam_size", "max_len", "length_penalty", "ban_unk", "block_ngram", "repetition_penalty",
@@ -82,11 +82,20 @@ class Captioner:
     turn).
     """
 
-    def __init__(self, model: CaptionModel, reranker=None):
+    def __init__(self, model: CaptionModel, reranker=None, backend: str = "torch"):
         self.model = model
-        self.encoder = model_encoder(model)
         self.reranker = reranker  # consensus reranking with a dataset's training captions (decode.consensus)
+        self.backend = backend  # the encoder's: torch, or onnx (ONNX Runtime, on a CPU)
+        self._encoder = None
         self._lock = threading.RLock()
+
+    @property
+    def encoder(self):
+        """The model's encoder, built on first use (scoring cached features never needs it)."""
+        with self._lock:
+            if self._encoder is None:
+                self._encoder = onnx_encoder(self.model) if self.backend == "onnx" else model_encoder(self.model)
+            return self._encoder
 
     # -- what it is ------------------------------------------------------------------------------------------
 
@@ -113,7 +122,8 @@ class Captioner:
         return out | ({"hard_inference": hard[0].model.hard_inference} if hard else {})
 
     def __repr__(self) -> str:
-        return f"Captioner({self.kind}, beam {self.model.config.decode.beam_size}, on {self.device})"
+        return (f"Captioner({self.kind}, beam {self.model.config.decode.beam_size}, on {self.device}, "
+                f"encoder on {self.backend})")
 
     @property
     def device(self) -> torch.device:
@@ -141,36 +151,60 @@ class Captioner:
                      **settings) -> Iterator[tuple[ImageInput, Image.Image | None, Caption]]:
         """Caption images ``batch_size`` at a time, yielding ``(item, image, caption)`` in input order as each
         batch is done (memory stays flat for any number of images); ``image`` is the RGB image that was
-        captioned, None when it could not be read (``caption.error`` says why)."""
-        from captioner.data.images import as_image, load_image
-
-        batch: list[tuple[ImageInput, Image.Image | None, str, str | None]] = []
-
-        def finish() -> Iterator:
-            good = [img for _, img, _, _ in batch if img is not None]
-            done = iter(self.caption_images(good, **settings)) if good else iter(())
-            for item, img, source, error in batch:
+        captioned, None when it could not be read (``caption.error`` says why). The next batch's files are
+        read and resized in a second thread while this one is encoded and decoded."""
+        for batch in self._read_ahead(items, batch_size):
+            good = [(img, tensor) for _, img, _, _, tensor in batch if img is not None]
+            done = iter(self.caption_images([img for img, _ in good], tensors=[t for _, t in good], **settings)
+                        if good else ())
+            for item, img, source, error, _ in batch:
                 in_memory = None if isinstance(item, str | Path) else img
                 yield item, img, (Caption(source=source, error=error) if img is None else
                                   dataclasses.replace(next(done), source=source, image=in_memory))
-            batch.clear()
 
-        for i, item in enumerate(items):
-            source = str(item) if isinstance(item, str | Path) else f"image {i + 1}"
-            try:
-                img = load_image(item) if isinstance(item, str | Path) else as_image(item, source)
-                batch.append((item, img, source, None))
-            except CaptionerError as e:
-                batch.append((item, None, source, str(e)))
-            if len(batch) == batch_size:
-                yield from finish()
-        if batch:
-            yield from finish()
+    def _read_ahead(self, items: Iterable[ImageInput], batch_size: int) -> Iterator[list[tuple]]:
+        """Batches of ``(item, RGB image or None, source, error or None, encoder input or None)``, each read
+        in a worker thread while the caller works on the one before (decoding JPEGs releases the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
 
-    def caption_images(self, images: list[Image.Image], **settings) -> list[Caption]:
-        """Caption RGB PIL images, already read, as one batch: one encoder pass, one beam search."""
+        preprocess = self.encoder.preprocess if not isinstance(self.encoder, EncoderGroup) else None
+
+        def read(chunk: list[tuple[int, ImageInput]]) -> list[tuple]:
+            from captioner.data.images import as_image, load_image
+
+            out = []
+            for i, item in chunk:
+                source = str(item) if isinstance(item, str | Path) else f"image {i + 1}"
+                try:
+                    img = load_image(item) if isinstance(item, str | Path) else as_image(item, source)
+                    out.append((item, img, source, None, preprocess(img) if preprocess else None))
+                except CaptionerError as e:
+                    out.append((item, None, source, str(e), None))
+            return out
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending, chunk = None, []
+            for i, item in enumerate(items):
+                chunk.append((i, item))
+                if len(chunk) == batch_size:
+                    future, chunk = pool.submit(read, chunk), []
+                    if pending is not None:
+                        yield pending.result()
+                    pending = future
+            if chunk:
+                future = pool.submit(read, chunk)
+                if pending is not None:
+                    yield pending.result()
+                pending = future
+            if pending is not None:
+                yield pending.result()
+
+    def caption_images(self, images: list[Image.Image], tensors: list[torch.Tensor] | None = None,
+                       **settings) -> list[Caption]:
+        """Caption RGB PIL images, already read, as one batch: one encoder pass, one beam search. ``tensors``:
+        the images already made the encoder's input (its ``preprocess``)."""
         with self._lock, self.using(**settings):
-            feats = encode_images(self.encoder, images)
+            feats = encode_images(self.encoder, images, tensors=tensors)
             if self.model.config.decode.flip:  # both views: the images, and the images flipped left-right
                 feats = with_mirrored(self.model, feats,
                                       encode_images(self.encoder, [ImageOps.mirror(img) for img in images]))
@@ -267,6 +301,9 @@ class Captioner:
         from captioner.evaluation import evaluate
 
         settings = {k: kwargs.pop(k) for k in list(kwargs) if k in SETTINGS}
+        carried = any(m.encoder_state is not None for m in (self.model.sources or [self.model]))
+        if carried and self.backend != "torch":  # its features are computed: by this Captioner's encoder
+            kwargs.setdefault("encoder", self.encoder)
         with self._lock, self._applied(settings, needs_reranker=False):  # consensus: the data's training split
             return evaluate(self.model, data, split, **kwargs)
 
@@ -314,16 +351,19 @@ def read_images(paths: list) -> tuple[list, list[str | None]]:
     return images, errors
 
 
-def encode_images(encoder, images: list, batch_size: int = 32) -> dict[str, torch.Tensor]:
+def encode_images(encoder, images: list, batch_size: int = 32,
+                  tensors: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Encoder features of PIL images, computed now (no cache): {"global": [N, D], "grid": [N, L, C]}, on
     the encoder's device, in float32 (a few images: no fp16 autocast here, unlike feature extraction).
-    An :class:`EncoderGroup` gives every encoder's, as {"0.global": .., "0.grid": .., "1.global": .., ...}."""
+    An :class:`EncoderGroup` gives every encoder's, as {"0.global": .., "0.grid": .., "1.global": .., ...}.
+    ``tensors``: the images already preprocessed by this encoder."""
     if isinstance(encoder, EncoderGroup):
         return {f"{j}.{k}": v for j, one in enumerate(encoder.encoders)
                 for k, v in encode_images(one, images, batch_size).items()}
     encoder.freeze()
     device = module_device(encoder)
-    tensors = [encoder.preprocess(img) for img in images]  # [3, S, S] each
+    if tensors is None or any(t is None for t in tensors):
+        tensors = [encoder.preprocess(img) for img in images]  # [3, S, S] each
     outputs = []
     with torch.inference_mode():
         for i in range(0, len(tensors), batch_size):

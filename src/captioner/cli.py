@@ -11,6 +11,7 @@ from pathlib import Path
 from captioner.errors import CaptionerError, file_error
 
 log = logging.getLogger("captioner")
+FEW_IMAGES = 8  # --backend auto captions fewer images than this with torch (no ONNX Runtime start-up)
 
 EPILOG = """examples:
   captioner synth --out data/synth
@@ -79,14 +80,18 @@ def cmd_train(args) -> None:
     print(f"model written to {path}")
 
 
-def captioner_from_args(args):
+def captioner_from_args(args, images: int | None = None):
     """The Captioner of --model (an ensemble when repeated; the shipped model when none), --member, --device,
-    --set and (caption, serve) --consensus."""
+    --backend, --set and (caption, serve) --consensus. ``images``: how many are to be captioned, when known
+    (--backend auto keeps torch for a few, where ONNX Runtime's start would cost more than it saves)."""
     from captioner.api import load
     from captioner.checkpoint import default_model_path
     from captioner.model import with_settings
 
-    cap = load(args.model or [default_model_path()], device=args.device, member=args.member,
+    backend = args.backend
+    if backend == "auto" and images is not None and images < FEW_IMAGES:
+        backend = "torch"
+    cap = load(args.model or [default_model_path()], device=args.device, member=args.member, backend=backend,
                consensus=getattr(args, "consensus", None))
     if args.set:  # decoding settings for this run (n-gram blocking, length penalty, hard attention's context)
         with_settings(cap.model, args.set)
@@ -153,7 +158,7 @@ def cmd_caption(args) -> None:
     if out and out.exists() and not out.is_dir():
         raise CaptionerError(f"{out}: --out must be a folder, and this is a file")
     images = list(find_images(args.images, args.glob, args.from_list))
-    cap = captioner_from_args(args)
+    cap = captioner_from_args(args, len(images))
     if out and not cap.has_attention:
         print(f"note: this model ({cap.kind}) has no attention map; writing captioned images only", file=sys.stderr)
     folder = OutputFolder(out, cap.kind, cap.has_attention) if out else None
@@ -189,7 +194,7 @@ def caption_to_file(args) -> None:
         out.close()
         print(f"nothing to caption: {args.output} holds every image already", file=sys.stderr)
         return
-    cap = captioner_from_args(args)
+    cap = captioner_from_args(args, len(images))
     digest = model_digest(args.model or [default_model_path()])
     with _progress_bar(len(images), not args.no_progress) as advance:
         try:
@@ -218,8 +223,14 @@ def _progress_bar(total: int, enabled: bool):
 
     @contextmanager
     def bar():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-        from rich.progress import TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            ProgressColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
         from rich.text import Text
 
         class Speed(ProgressColumn):
@@ -245,7 +256,7 @@ def cmd_serve(args) -> None:
     if args.consensus:  # a model with its own encoder first encodes the training images (minutes, once)
         print(f"preparing consensus reranking with the training captions of {args.consensus} ...", flush=True)
     app = create_app(models, max_upload_mb=args.max_upload_mb, device=str(pick_device(args.device)),
-                     consensus=args.consensus)
+                     consensus=args.consensus, backend=args.backend)
     print(f"captioner demo on http://{args.host}:{args.port}/  (models: {', '.join(models)}; Ctrl-C stops)",
           flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -273,6 +284,8 @@ def cmd_export(args) -> None:
     from captioner.checkpoint import load_models, save_model
     from captioner.model import check_one_encoder, with_settings
 
+    if args.onnx:
+        return export_onnx_files(args)
     *sources, out = args.files
     if not sources:
         raise file_error(out, "export needs a model file to read and a file to write")
@@ -297,6 +310,23 @@ def cmd_export(args) -> None:
                              ("int8 decoder", args.int8_decoder),
                              (f"{len(sources)} decoders", len(model.member_configs) > 1)) if on]
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{''.join(', ' + k for k in kinds)})")
+
+
+def export_onnx_files(args) -> None:
+    from captioner.checkpoint import load_models
+    from captioner.encoders.onnx import export_onnx, onnx_available
+    from captioner.model import model_encoder
+
+    if not onnx_available():
+        raise CaptionerError("export --onnx: onnxruntime and onnxscript are not installed (pip install "
+                             "'captioner[onnx]')")
+    model = load_models(args.files)
+    if args.member:
+        model = model.member(args.member)
+    if model.sources:
+        raise file_error(args.onnx, "an ensemble across encoders has several encoders: export each file apart")
+    path = export_onnx(model_encoder(model), Path(args.onnx) / "encoder.onnx")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.parent / 'manifest.json'}")
 
 
 def add_decode_set(s) -> None:
@@ -331,6 +361,13 @@ def add_member(s, what: str) -> None:
 def add_device(s, what: str) -> None:
     s.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
                    help=f"{what} (default auto: the GPU when torch sees one, else the CPU)")
+
+
+def add_backend(s) -> None:
+    s.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"),
+                   help="what runs the encoder: torch, or onnx (ONNX Runtime on the CPU, several times faster; "
+                        "the encoder is exported once into the cache); auto (default): onnx on a CPU where "
+                        "onnxruntime is installed and more than a few images are to be captioned, else torch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_member(s, "score")
     add_device(s, "where decoding (and a fine-tuned encoder) runs")
+    add_backend(s)
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("compare", help="is model B better than model A? paired bootstrap of two evaluate --out "
@@ -433,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "are read from the cache or computed once per run)")
     add_member(s, "caption with")
     add_device(s, "where the encoder and decoder run")
+    add_backend(s)
     s.set_defaults(func=cmd_caption)
 
     s = sub.add_parser("serve", help="start the local web demo and JSON API (POST /api/caption)")
@@ -445,12 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--consensus", metavar="DATA", help="rerank every model's beams by agreement with the captions "
                    "of the most similar training images of this dataset (as caption --consensus)")
     add_device(s, "where the models run")
+    add_backend(s)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("export", help="write a model file (from a model.pt or a run's checkpoint), e.g. in fp16")
     s.add_argument("files", nargs="+", metavar="MODEL [MODEL ...] OUT",
                    help="model file(s) (model.pt or a run's Lightning checkpoint; several: an ensemble, written as "
-                        "one file) and the model file to write")
+                        "one file) and the model file to write (none with --onnx)")
+    s.add_argument("--onnx", metavar="DIR", help="instead: write the model's encoder as DIR/encoder.onnx for ONNX "
+                   "Runtime, with DIR/manifest.json (its SHA-256, the preprocessing)")
     s.add_argument("--half", action="store_true", help="store weights in float16 (half the size)")
     s.add_argument("--embed-encoder", action="store_true",
                    help="store the encoder's weights in the file (a model trained on a local weights file's "

@@ -15,13 +15,15 @@ from captioner.model_features import consensus_reranker, split_features
 def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_size: int | None = None,
              max_len: int | None = None, cache_root: str | Path | None = None, out: str | Path | None = None,
              tokenizer: str = "auto", metrics: tuple[str, ...] = ("bleu", "meteor", "rouge", "cider"),
-             limit: int | None = None, progress: bool = True, report_dir: str | Path | None = None) -> dict:
+             limit: int | None = None, progress: bool = True, report_dir: str | Path | None = None,
+             encoder=None) -> dict:
     """Caption every image of a split (features: :func:`split_features`) and score it with coco-caption.
 
     ``beam_size`` / ``max_len``: the model's decoding settings unless given (:func:`search_size`); ``out``: JSON
-    file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder.
+    file for the metrics and per-image captions/scores; ``report_dir``: HTML gallery folder; ``encoder``: the
+    model's encoder already built, for a model that carries one (its features are computed, not cached).
     """
-    chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress)
+    chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress, encoder)
     reranker = consensus_reranker(model, data, cache_root, progress) if model.config.decode.consensus else None
     return score_split(model, chosen, feats, failed, str(data), split, beam_size, max_len, out, tokenizer, metrics,
                        report_dir, reranker)

@@ -12,6 +12,10 @@ Extraction is resumable: an interrupted run leaves ``complete: false`` and its f
 ``done.npy``; running it again computes only the missing rows. Images that cannot be read do not stop it:
 they are listed in meta.json ``failed`` (their rows stay zero, ``done`` False) so training can skip them;
 the next run tries them again.
+
+Before writing anything, extraction logs how much disk the cache takes and refuses to start when the disk
+has less free; features that overflow float16 stop it. A damaged cache (an array cut short or with a corrupt
+header, a meta.json that is not a cache's) is a one-line error naming the file.
 """
 
 from __future__ import annotations
@@ -242,9 +246,9 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     meta.json says, is a one-line error naming the file."""
     if not path.is_file():
         raise file_error(path, "missing from the feature cache; delete the directory and re-extract")
-    truncated = _truncation(path)
-    if truncated:
-        raise file_error(path, f"truncated feature array ({truncated}); delete the directory and re-extract")
+    problem = _npy_problem(path)
+    if problem:
+        raise file_error(path, f"{problem}; delete the directory and re-extract")
     try:
         array = np.load(path, mmap_mode="r")
     except (OSError, ValueError, EOFError) as e:
@@ -256,9 +260,9 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype) -> np.ndarray:
     return array
 
 
-def _truncation(path: Path) -> str | None:
-    """How a .npy file falls short of the size its header announces (e.g. a copy cut off), or None (also when
-    the header itself cannot be read: :func:`np.load` then says what is wrong with it)."""
+def _npy_problem(path: Path) -> str | None:
+    """What makes a cache file an unusable .npy array, read from its header: not one at all, a corrupt
+    header, or fewer bytes than the header announces (e.g. a copy cut off); None when it looks whole."""
     try:
         with path.open("rb") as f:
             version = np.lib.format.read_magic(f)
@@ -266,16 +270,19 @@ def _truncation(path: Path) -> str | None:
                 else np.lib.format.read_array_header_2_0
             shape, _, dtype = read_header(f)
             data_start = f.tell()
-    except (OSError, ValueError, EOFError):
-        return None
+    except OSError as e:
+        return f"cannot read it ({e.strerror or _one_line(e)})"
+    except (ValueError, EOFError) as e:
+        return f"not a .npy array, or a corrupt header ({_one_line(e)})"
     expected = data_start + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     actual = path.stat().st_size
-    return f"{actual} bytes, its header announces {expected}" if actual < expected else None
+    return f"truncated: {actual} bytes, its header announces {expected}" if actual < expected else None
 
 
-def _one_line(error: BaseException) -> str:
-    """An exception's message, first line only."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def _one_line(error: BaseException, limit: int = 100) -> str:
+    """An exception's message: its first line, at most ``limit`` characters."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # -- extraction ---------------------------------------------------------------------------------------

@@ -155,6 +155,51 @@ class EncoderGroup:
         self.encoders = encoders
 
 
+def encoder_key(model: CaptionModel) -> str:
+    """16 hex digits identifying a model's encoder: its description and, when it carries them, its weights."""
+    import hashlib
+    import json
+
+    h = hashlib.sha1(json.dumps(model.encoder, sort_keys=True).encode("utf-8"))
+    for name, t in sorted((model.encoder_state or {}).items()):
+        h.update(name.encode("utf-8"))
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def pick_backend(backend: str, device: torch.device) -> str:
+    """``torch`` or ``onnx`` for ``--backend torch|onnx|auto``: auto is ONNX Runtime on a CPU where it is
+    installed, else torch."""
+    from captioner.encoders.onnx import onnx_available
+
+    if backend not in ("auto", "torch", "onnx"):
+        raise CaptionerError(f"--backend {backend}: choose auto, torch or onnx")
+    if backend == "onnx" and not onnx_available():
+        raise CaptionerError("--backend onnx: onnxruntime is not installed (pip install 'captioner[onnx]')")
+    if backend == "onnx" and device.type != "cpu":
+        raise CaptionerError("--backend onnx runs on the CPU; use --device cpu (or --backend torch on a GPU)")
+    if backend == "auto":
+        return "onnx" if device.type == "cpu" and onnx_available() else "torch"
+    return backend
+
+
+def onnx_encoder(model: CaptionModel, cache_root: str | Path | None = None):
+    """The model's encoder exported to ONNX (once, into ``<cache>/onnx/<encoder key>/``) and run by ONNX
+    Runtime; an :class:`EncoderGroup` of them for an ensemble across encoders."""
+    from captioner.encoders.onnx import OnnxEncoder, check_export, export_onnx
+    from captioner.features import default_cache_root
+
+    if model.sources:
+        return EncoderGroup([onnx_encoder(source, cache_root) for source in model.sources])
+    encoder = model_encoder(model)
+    folder = Path(cache_root or default_cache_root()) / "onnx" / encoder_key(model)
+    try:
+        path = check_export(folder)
+    except CaptionerError:  # not exported yet (or a broken export): export now
+        path = export_onnx(encoder, folder / "encoder.onnx")
+    return OnnxEncoder(path, encoder.describe())
+
+
 def model_encoder(model: CaptionModel, weights: str | None = None):
     """The encoder a model was trained on (same name, weights, input size and grid; a fine-tuned one from the
     weights the model carries), on the device of the model's decoder; an :class:`EncoderGroup` for an ensemble

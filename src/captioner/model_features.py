@@ -3,8 +3,6 @@ model's own encoder when it carries one (a fine-tuned encoder's features are in 
 ensemble across encoders, and per view with the test-time flip. Also the training split's global features
 that consensus reranking looks up neighbours in."""
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -15,34 +13,37 @@ from captioner.captioning import encode_images, read_images, with_mirrored
 from captioner.devices import module_device
 from captioner.errors import CaptionerError
 from captioner.features import CacheRows, load_features, load_mirrored_features, split_rows
-from captioner.model import CaptionModel, model_encoder
+from captioner.model import CaptionModel, EncoderGroup, encoder_key, model_encoder
 
 log = logging.getLogger("captioner")
 
 
 def split_features(model: CaptionModel, data: str | Path, split: str = "val", cache_root: str | Path | None = None,
-                   limit: int | None = None, progress: bool = True) -> tuple[list, dict[str, torch.Tensor], list[str]]:
+                   limit: int | None = None, progress: bool = True,
+                   encoder=None) -> tuple[list, dict[str, torch.Tensor], list[str]]:
     """The images of a split that the model can caption, their encoder features and the names of the images
     that failed: (records, {"global": [n, D], "grid": [n, L, C]}, failed). Cached features are
     :class:`~captioner.features.CacheRows`, read from disk as they are sliced (``feats["grid"][i:j]``).
     Features come from the cache, or
     from the model's own encoder when it carries one (fine-tuned: its features are in no cache). An ensemble
     across encoders gets every file's features, as {"0.grid": .., "1.grid": .., ...}; ``decode.flip`` adds
-    those of the mirrored images (:func:`with_mirrored`; cached apart, in a folder ending ``-mirror``)."""
-    plain = _split_features(model, data, split, cache_root, limit, progress)
+    those of the mirrored images (:func:`with_mirrored`; cached apart, in a folder ending ``-mirror``).
+    ``encoder``: the model's encoder already built (e.g. run by ONNX Runtime), for a model that carries one."""
+    plain = _split_features(model, data, split, cache_root, limit, progress, encoder=encoder)
     if not model.config.decode.flip:
         return plain
     chosen, (feats, mirrored), failed = _common_images(
-        [plain, _split_features(model, data, split, cache_root, limit, progress, mirror=True)])
+        [plain, _split_features(model, data, split, cache_root, limit, progress, mirror=True, encoder=encoder)])
     return chosen, with_mirrored(model, feats, mirrored), failed
 
 
-def _split_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
+def _split_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False,
+                    encoder=None):
     """:func:`split_features` of one view: the images, or (``mirror``) the images flipped left-right."""
     from captioner.data.readers import load_dataset
 
     if model.sources:
-        return _group_features(model, data, split, cache_root, limit, progress, mirror)
+        return _group_features(model, data, split, cache_root, limit, progress, mirror, encoder)
     if model.encoder_state is not None:
         dataset = load_dataset(data)
         by_path = {r.image: r for r in dataset.records if r.split == split}
@@ -51,7 +52,7 @@ def _split_features(model: CaptionModel, data, split, cache_root, limit, progres
         chosen = [by_path[p] for p, img in zip(paths, images, strict=True) if img is not None]
         failed = sorted(Path(p).name for p, err in zip(paths, errors, strict=True) if err)
         kept = [(ImageOps.mirror(img) if mirror else img) for img in images if img is not None]
-        feats = encode_images(model_encoder(model), kept) if chosen else {}
+        feats = encode_images(encoder or model_encoder(model), kept) if chosen else {}
     else:
         device = str(module_device(model.decoder))
         dataset, records, _, cache = load_features(model.config, data, cache_root, progress, device=device)
@@ -66,10 +67,12 @@ def _split_features(model: CaptionModel, data, split, cache_root, limit, progres
     return chosen, feats, failed
 
 
-def _group_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False):
+def _group_features(model: CaptionModel, data, split, cache_root, limit, progress, mirror: bool = False,
+                    encoder=None):
     """:func:`split_features` for an ensemble across encoders: each file's, on the images all of them read."""
+    own = encoder.encoders if isinstance(encoder, EncoderGroup) else [None] * len(model.sources)
     chosen, per_source, unread = _common_images([_split_features(source, data, split, cache_root, limit, progress,
-                                                                 mirror) for source in model.sources])
+                                                                 mirror, one) for source, one in zip(model.sources, own, strict=True)])
     return chosen, {f"{j}.{k}": v for j, f in enumerate(per_source) for k, v in f.items()}, unread
 
 
@@ -118,7 +121,7 @@ def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | P
     dataset = load_dataset(data)
     records = [r for r in dataset.records if r.split == "train"]
     path = Path(cache_root or default_cache_root()) / "consensus" / \
-        f"{dataset_fingerprint(dataset)}-{_encoder_key(model)}.pt"
+        f"{dataset_fingerprint(dataset)}-{encoder_key(model)}.pt"
     if path.exists():  # (the dataset's fingerprint in its name: the same images, splits and file sizes)
         saved = torch.load(path, map_location="cpu")
         by_name = {r.name: r for r in records}
@@ -137,12 +140,3 @@ def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | P
     index = torch.cat(parts).half()  # [N, D], stored and used in float16: the same neighbours every run
     torch_save_atomic(path, {"names": [r.name for r in chosen], "global": index})
     return chosen, index.float()
-
-
-def _encoder_key(model: CaptionModel) -> str:
-    """16 hex digits identifying a model's own encoder: its description and weights."""
-    h = hashlib.sha1(json.dumps(model.encoder, sort_keys=True).encode("utf-8"))
-    for name, t in sorted(model.encoder_state.items()):
-        h.update(name.encode("utf-8"))
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -42,10 +42,12 @@ class ApiError(Exception):
 
 
 def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0, max_pixels: int = 40_000_000,
-               samples: Path = SAMPLES, device: str = "cpu", consensus: str | Path | None = None) -> FastAPI:
+               samples: Path = SAMPLES, device: str = "cpu", consensus: str | Path | None = None,
+               backend: str = "torch") -> FastAPI:
     """The demo app for the named models (the first is the default), run on ``device``: each a model file, or a
     list of files that caption as one ensemble (as ``captioner caption --model a --model b``). ``consensus``: a
-    dataset whose training captions rerank every model's beams (as ``captioner caption --consensus DATA``).
+    dataset whose training captions rerank every model's beams (as ``captioner caption --consensus DATA``);
+    ``backend``: what runs the encoders (torch, onnx or auto, as :func:`captioner.load` takes).
     Every model is loaded now, as a :class:`~captioner.captioning.Captioner` (``app.state.models[name]``)."""
     from captioner.api import load
 
@@ -58,7 +60,7 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
         for path in paths:
             if not path.is_file():
                 raise CaptionerError(f"{path}: no such model file (model '{name}')")
-        loaded[name], files[name] = load(paths, device=device, consensus=consensus), paths
+        loaded[name], files[name] = load(paths, device=device, consensus=consensus, backend=backend), paths
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
     app.state.models = loaded
