@@ -10,6 +10,13 @@ Start-up: one photo through `captioner caption` in a fresh process, against the 
 Then what a user waits for after the model is loaded: reading the photos, the encoder, the beam search
 (beam 5). The models take turns, round after round, so a busy machine slows them alike; the median round
 is reported, and each model's time as a ratio to the first one's.
+
+    python benchmarks/caption.py --library ../shared/data/flickr8k --images 1000
+
+A photo library: `captioner caption FOLDER --output captions.jsonl` on the first N val JPEGs of a dataset, with
+the encoder on torch and on ONNX Runtime, side by side with the encoder's raw PyTorch forward on the same
+photos already in memory (batch 32); images/s of each (start-up included for the commands), and how many
+captions the two backends share.
 """
 
 import argparse
@@ -43,7 +50,13 @@ def main() -> None:
     p.add_argument("--model", type=Path, action="append", default=[], help="model file (repeat to compare)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--starts", type=int, default=5, help="cold starts of each kind, taken in turns")
+    p.add_argument("--library", type=Path, metavar="DATA", help="a dataset whose val images to caption as a folder")
+    p.add_argument("--images", type=int, default=1000, help="with --library: how many")
     args = p.parse_args()
+    if args.library or args.quick:
+        library(args.library, 24 if args.quick else args.images, args.quick)
+        if args.library:
+            return
     import captioner
     from captioner.checkpoint import PRETRAINED
 
@@ -77,6 +90,47 @@ def main() -> None:
         print(f"  {path} ({n} decoder{'s' if n > 1 else ''}, {mb:.1f} MB): {median * 1000:.0f} ms "
               f"({median / len(photos) * 1000:.0f} ms/photo), {median / first:.2f}x the first")
     print(f"matmul rate in this run {rate / 1e9:.1f} GFLOP/s; peak RSS {peak_rss_mb():.0f} MB")
+
+
+def library(data: Path | None, n: int, quick: bool) -> None:
+    """`captioner caption FOLDER --output` with each backend, and the raw encoder forward, on n photos."""
+    import json
+
+    import captioner
+    from captioner.data.images import load_image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        if data is None:  # --quick: the sample photos, repeated
+            photos = sorted(SAMPLES.glob("*.jpg")) * (n // 5 + 1)
+        else:
+            names = (data / "splits" / "val.txt").read_text().split()
+            photos = [data / "images" / name for name in names]
+        for i, photo in enumerate(photos[:n]):
+            (folder / f"{i:05d}{photo.suffix}").symlink_to(photo.resolve())
+        rate = matmul_rate()
+        outputs, speed = {}, {}
+        for backend in ("torch", "onnx"):
+            out = Path(tmp) / f"{backend}.jsonl"
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "captioner.cli", "caption", str(folder), "--output", str(out),
+                            "--backend", backend, "--no-progress"], check=True, capture_output=True)
+            speed[backend] = n / (time.perf_counter() - start)
+            outputs[backend] = {r["path"]: r["caption"] for r in map(json.loads, out.read_text().splitlines())}
+        encoder = captioner.load(device="cpu", backend="torch").encoder
+        tensors = torch.stack([encoder.preprocess(load_image(p)) for p in sorted(folder.iterdir())])
+        with torch.inference_mode():
+            encoder(tensors[:32])  # warm-up
+            start = time.perf_counter()
+            for i in range(0, n, 32):
+                encoder(tensors[i : i + 32])
+            speed["raw"] = n / (time.perf_counter() - start)
+    same = sum(outputs["torch"][k] == outputs["onnx"].get(k) for k in outputs["torch"])
+    print(f"{n} photos, the shipped model, beam 5: `captioner caption FOLDER --output` {speed['torch']:.1f} images/s "
+          f"with torch, {speed['onnx']:.1f} with onnx ({speed['onnx'] / speed['torch']:.2f}x); the raw PyTorch "
+          f"encoder forward on them in memory {speed['raw']:.1f} images/s (onnx command: "
+          f"{speed['onnx'] / speed['raw']:.2f}x it); identical captions {same}/{n}; matmul rate {rate / 1e9:.1f} GFLOP/s")
 
 
 def startup(model: Path | None, rounds: int) -> float:

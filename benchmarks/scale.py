@@ -303,7 +303,8 @@ def main() -> None:
     print(table(runs))
     for note in notes:
         print(f"note: {note}")
-    print(f"{CONFIG} on {encoder.grid_size}x{encoder.grid_size}x{encoder.grid_dim} features, {steps} steps of "
+    print(f"{CONFIG} on {encoder.describe()['name']}'s {encoder.grid_size}x{encoder.grid_size}x{encoder.grid_dim} "
+          f"features, {steps} steps of "
           f"{batch} captions, {os.cpu_count()} CPUs; matmul rate {rate / 1e9:.1f} GFLOP/s")
 
 
