@@ -116,3 +116,30 @@ def test_malformed_bodies_and_unknown_routes_are_json_4xx(client):
 def test_missing_model_file_is_refused_at_start(tmp_path):
     with pytest.raises(CaptionerError, match="no such model file"):
         create_app({"x": tmp_path / "missing.pt"})
+
+
+def test_requests_arriving_together_are_captioned_as_one_batch(tmp_path):
+    """Batcher: six requests at once take fewer than six calls of the Captioner, and each gets the caption it
+    would get alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import captioner
+    from captioner.serve.app import Batcher
+    from conftest import untrained_model_file
+
+    cap = captioner.load(untrained_model_file(tmp_path / "m.pt"), device="cpu", backend="torch")
+    images = [Image.new("RGB", (40, 30), (40 * i, 200 - 30 * i, 90)) for i in range(6)]
+    alone = [cap(img, beam_size=3).text for img in images]
+    calls = []
+    real = cap.__call__
+
+    class Counting:
+        def __call__(self, items, **settings):
+            calls.append(len(items))
+            return real(items, **settings)
+
+    batcher = Batcher(cap, wait=0.2)
+    batcher.cap = Counting()
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda img: batcher.caption(img, 3).text, images))
+    assert together == alone and len(calls) < 6 and sum(calls) == 6

@@ -10,13 +10,16 @@
 
 Every problem with a request is a 4xx JSON answer ``{"error": "..."}``: a missing or unknown model or sample,
 a bad beam size, an empty, non-image, corrupt or oversize upload. Each model is a
-:class:`~captioner.captioning.Captioner`, loaded when the app is made; it captions one request at a time, so
-concurrent requests queue instead of fighting over the CPU.
+:class:`~captioner.captioning.Captioner`, loaded when the app is made; requests that arrive together are
+captioned together, as one batch (:class:`Batcher`), instead of one after the other.
 """
 
 import base64
 import io
+import queue
+import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -26,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from captioner.captioning import Captioner
+from captioner.captioning import Caption, Captioner
 from captioner.errors import CaptionerError
 
 STATIC = Path(__file__).parent / "static"
@@ -61,6 +64,7 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
             if not path.is_file():
                 raise CaptionerError(f"{path}: no such model file (model '{name}')")
         loaded[name], files[name] = load(paths, device=device, consensus=consensus, backend=backend), paths
+    batchers = {name: Batcher(cap) for name, cap in loaded.items()}
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="captioner", docs_url="/api/docs", redoc_url=None)
     app.state.models = loaded
@@ -119,7 +123,7 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
                                      and 1 <= int(beam) <= max(BEAM_SIZES)):
             raise ApiError(422, f"beam_size must be a whole number from 1 to {max(BEAM_SIZES)}")
         image, source = await run_in_threadpool(_form_image, form, samples, max_pixels)
-        return await run_in_threadpool(_caption, loaded[model], model, image, source,
+        return await run_in_threadpool(_caption, batchers[model], model, image, source,
                                        None if beam is None else int(beam))
 
     return app
@@ -169,9 +173,47 @@ def _sample_path(samples: Path, name: str) -> Path:
     return path
 
 
-def _caption(cap: Captioner, name: str, image, source: str, beam: int | None) -> dict:
+class Batcher:
+    """Requests to one Captioner that arrive within ``wait`` seconds of each other are captioned as one batch
+    (one encoder pass, one beam search per beam size): under load, requests share the work instead of queueing
+    one by one behind a lock."""
+
+    def __init__(self, cap: Captioner, wait: float = 0.005, max_batch: int = 16):
+        self.cap, self.wait, self.max_batch = cap, wait, max_batch
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._run, daemon=True, name="captioner-batcher").start()
+
+    def caption(self, image, beam: int | None) -> Caption:
+        """Caption one image (blocking; from a worker thread): it joins whatever batch is forming."""
+        done = Future()
+        self._queue.put((image, beam, done))
+        return done.result()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            deadline = time.perf_counter() + self.wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get(timeout=max(0.0, deadline - time.perf_counter())))
+                except queue.Empty:
+                    break
+            for beam in {b for _, b, _ in batch}:  # one beam search per beam size asked for
+                group = [(img, done) for img, b, done in batch if b == beam]
+                try:
+                    results = self.cap([img for img, _ in group], beam_size=beam)
+                except Exception as e:  # the requests get the error; the batcher goes on
+                    for _, done in group:
+                        done.set_exception(e)
+                    continue
+                for (_, done), result in zip(group, results, strict=True):
+                    done.set_result(result)
+
+
+def _caption(batcher: Batcher, name: str, image, source: str, beam: int | None) -> dict:
     start = time.perf_counter()
-    result = cap(image, beam_size=beam)
+    cap = batcher.cap
+    result = batcher.caption(image, beam)
     if result.error is not None:
         raise ApiError(400, f"{source}: {result.error}")
     out = result.to_dict()
