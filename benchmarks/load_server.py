@@ -58,6 +58,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--beam-size", type=int, default=5)
     p.add_argument("--model", action="append", default=[], help="model file(s) for the server (default: shipped)")
+    p.add_argument("--backend", default="auto", help="the server's --backend (auto, torch or onnx)")
     args = p.parse_args()
     if args.quick:
         args.requests, args.concurrency, args.rounds = 16, 4, 1
@@ -65,7 +66,8 @@ def main() -> None:
     print(f"machine now: fp32 matmul {matmul_rate() / 1e9:.0f} GFLOP/s")
     print(f"{args.requests} uploads per round ({len(photos)} sample photos in turn), {args.concurrency} at a time, "
           f"beam {args.beam_size}, {args.rounds} rounds")
-    with running_server(args.model) as url:
+    print(f"server --backend {args.backend}")
+    with running_server(args.model, extra_args=("--backend", args.backend)) as url:
         rss0, _ = memory_mb(url.pid)
         asyncio.run(one_round(url, photos, 1, 1, args.beam_size))  # loads the model: not part of any round
         rss1, _ = memory_mb(url.pid)

@@ -129,7 +129,8 @@ def ensure_cache(data: Path, cache_root: Path, encoder) -> tuple[Path, str | Non
     names = [r.name for r in dataset.records]
     need, free = cache_bytes(len(names), encoder), shutil.disk_usage(cache_root.parent).free
     if free < need + DISK_HEADROOM:
-        return out, f"its cache needs {format_bytes(need)}, {format_bytes(free)} free in {cache_root.parent}"
+        return out, (f"its cache needs {format_bytes(need)} (and {format_bytes(DISK_HEADROOM)} to spare), "
+                     f"{format_bytes(free)} free in {cache_root.parent}")
     write_cache(out, names, encoder, fingerprint)
     return out, None
 

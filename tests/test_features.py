@@ -215,30 +215,33 @@ def test_extraction_says_its_size_and_refuses_a_short_disk_before_writing(tmp_pa
     assert extract_features(records, encoder, out, progress=False).meta["complete"]
 
 
-def _extract_on_a_full_disk(rank: int, init_file: str, records, out: str, results) -> None:
-    """One of two processes extracting together; the disk looks full (process 0 alone checks it)."""
+def _extract_in_two_processes(rank: int, init_file: str, records, out: str, full_disk: bool, results) -> None:
+    """One of two processes extracting together (gloo); ``full_disk``: the disk looks full (process 0 alone
+    checks it)."""
     import torch.distributed as dist
 
     import captioner.features
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    captioner.features.shutil.disk_usage = lambda path: SimpleNamespace(total=1, used=1, free=0)
+    if full_disk:
+        captioner.features.shutil.disk_usage = lambda path: SimpleNamespace(total=1, used=1, free=0)
     try:
-        extract_features(records, create_encoder("tiny", weights="none"), out, progress=False)
-        results.put((rank, "extracted"))
+        cache = extract_features(records, create_encoder("tiny", weights="none"), out, batch_size=2,
+                                 progress=False)
+        results.put((rank, f"extracted {len(cache)}"))
     except CaptionerError as e:
         results.put((rank, str(e)))
     finally:
         dist.destroy_process_group()
 
 
-def test_a_refusal_in_process_0_stops_every_process_instead_of_a_hang(tmp_path, records):
+def in_two_processes(tmp_path, records, out: Path, full_disk: bool) -> dict[int, str]:
+    """What each of two extracting processes said; none may hang."""
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    out = tmp_path / "cache"
-    processes = [context.Process(target=_extract_on_a_full_disk,
-                                 args=(rank, str(tmp_path / "init"), records, str(out), results))
-                 for rank in (0, 1)]
+    init = tmp_path / f"init-{out.name}"
+    processes = [context.Process(target=_extract_in_two_processes,
+                                 args=(rank, str(init), records, str(out), full_disk, results)) for rank in (0, 1)]
     for process in processes:
         process.start()
     for process in processes:
@@ -247,8 +250,17 @@ def test_a_refusal_in_process_0_stops_every_process_instead_of_a_hang(tmp_path, 
     for process in hung:
         process.kill()
     assert not hung
-    said = dict(results.get(timeout=5) for _ in processes)
-    assert said[0] == said[1] and "for the feature cache, 0.0 kB free" in said[0]
+    return dict(results.get(timeout=5) for _ in processes)
+
+
+def test_two_processes_share_the_extraction_and_a_refusal_stops_both(tmp_path, records, encoder):
+    said = in_two_processes(tmp_path, records, tmp_path / "shared", full_disk=False)
+    assert said == {0: "extracted 10", 1: "extracted 10"}
+    alone = extract_features(records, encoder, tmp_path / "alone", progress=False)
+    assert np.array_equal(np.load(tmp_path / "shared" / "grid.npy"), alone.grid)
+
+    said = in_two_processes(tmp_path, records, tmp_path / "full", full_disk=True)
+    assert said[0] == said[1] and "for the feature cache, 0.0 kB free" in said[0]  # not a hang in process 1
 
 
 # -- damaged caches --------------------------------------------------------------------------------------------
