@@ -5,7 +5,8 @@ batch from the memory-mapped files), then 8,000 images with 2 DDP processes (glo
 
     python benchmarks/scale.py                    # writes up to 34 GB of caches once, reused by later runs
     python benchmarks/scale.py --sizes 8000       # some sizes only
-    python benchmarks/scale.py --quick            # 200 and 400 images, the tiny encoder, 5 steps (CI)
+    python benchmarks/scale.py --quick            # 200 and 400 images, the tiny encoder, 5 steps, DDP
+                                                  # stream only (CI)
 
 The caches are synthetic but real caches otherwise: the folder, files and meta.json that `captioner features`
 writes, for a synthetic Karpathy-format dataset (5 captions per image, empty image files), found by
@@ -131,6 +132,7 @@ def ensure_cache(data: Path, cache_root: Path, encoder) -> tuple[Path, str | Non
     if free < need + DISK_HEADROOM:
         return out, (f"its cache needs {format_bytes(need)} (and {format_bytes(DISK_HEADROOM)} to spare), "
                      f"{format_bytes(free)} free in {cache_root.parent}")
+    print(f"writing a {format_bytes(need)} cache for {len(names)} images in {out}", file=sys.stderr, flush=True)
     write_cache(out, names, encoder, fingerprint)
     return out, None
 
@@ -230,11 +232,13 @@ def has_feature_source() -> bool:
     return "feature_source" in {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def sources_for(n_bytes: int, processes: int, notes: list[str], label: str) -> list[str | None]:
-    """The feature sources to train with: memory (when it fits in RAM) and stream; [None] (the default path)
-    before train.feature_source exists."""
+def sources_for(n_bytes: int, processes: int, notes: list[str], label: str, memory: bool) -> list[str | None]:
+    """The feature sources to train with: memory (when asked for and it fits in RAM) and stream; [None] (the
+    default path) before train.feature_source exists."""
     if not has_feature_source():
         return [None]
+    if not memory:
+        return ["stream"]
     need = 3 * n_bytes * processes  # per process: the float16 file read whole, then held as float32
     if need + RAM_HEADROOM > available_memory():
         notes.append(f"{label}: memory skipped, it needs about {format_bytes(need)} of RAM, "
@@ -244,7 +248,7 @@ def sources_for(n_bytes: int, processes: int, notes: list[str], label: str) -> l
 
 
 def measure(n: int, root: Path, encoder, sets: list[str], steps: int, batch: int, processes: int,
-            notes: list[str]) -> list[Run]:
+            notes: list[str], memory: bool = True) -> list[Run]:
     label = f"{n} images" + (f", {processes} processes" if processes > 1 else "")
     data = write_dataset(root, n, n_train=steps * batch // CAPTIONS_PER_IMAGE)
     cache, problem = ensure_cache(data, root / "cache", encoder)
@@ -253,11 +257,12 @@ def measure(n: int, root: Path, encoder, sets: list[str], steps: int, batch: int
         return []
     n_bytes = FeatureCache.open(cache).nbytes
     runs = []
-    for source in sources_for(n_bytes, processes, notes, label):
+    for source in sources_for(n_bytes, processes, notes, label, memory):
         extra = [f"train.feature_source={source}"] if source else []
         extra += [f"train.devices={processes}"] if processes > 1 else []
-        runs.append(train(data, root / "cache", root, sets + extra, steps * batch,
-                          f"{label}, {source or 'default'} ({format_bytes(n_bytes)})"))
+        run_label = f"{label}, {source or 'default'} ({format_bytes(n_bytes)})"
+        print(f"training: {run_label}", file=sys.stderr, flush=True)
+        runs.append(train(data, root / "cache", root, sets + extra, steps * batch, run_label))
     return runs
 
 
@@ -300,7 +305,7 @@ def main() -> None:
         root = args.dir or (Path(tmp) if args.quick else default_cache_root() / "scale-benchmark")
         image_files(root / "images", max(sizes))
         runs = [r for n in sorted(sizes) for r in measure(n, root, encoder, sets, steps, batch, 1, notes)]
-        runs += measure(min(sizes), root, encoder, sets, steps, batch, 2, notes)
+        runs += measure(min(sizes), root, encoder, sets, steps, batch, 2, notes, memory=not args.quick)
     print(table(runs))
     for note in notes:
         print(f"note: {note}")

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-from PIL import Image
 
 from captioner.data.synth import make_synth
 from conftest import untrained_model_file

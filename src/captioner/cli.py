@@ -459,8 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="with --output: skip the images it already holds")
     s.add_argument("--attention", action="store_true", help="with --output: add each caption's words and "
                    "attention maps (one g*g list per word) to its record")
-    s.add_argument("--batch-size", type=positive_int, default=16, help="images encoded and decoded together "
-                   "(default 16)")
+    s.add_argument("--batch-size", type=positive_int, default=32, help="images encoded and decoded together "
+                   "(default 32)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_search_size(s)
     add_decode_set(s)
