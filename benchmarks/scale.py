@@ -75,6 +75,7 @@ class Run:
     peak_rss: int  # bytes, the process tree's total
     peak_private: int
     per_process: list[int]  # peak RSS of each process, the first one started first
+    peak_pss: int = 0  # the process tree's proportional set size: shared pages counted once
 
 
 # -- the synthetic dataset and its cache ------------------------------------------------------------------
@@ -173,24 +174,26 @@ def train(data: Path, cache_root: Path, work: Path, sets: list[str], captions: i
         sys.exit(f"{label}: captioner train failed\n{log.read_text()[-3000:]}")
     epoch_s = logged_epoch_seconds(run_dir / "run") or wall
     shutil.rmtree(run_dir)
-    return Run(label, captions / epoch_s, wall, peaks.total, peaks.private, peaks.per_process())
+    return Run(label, captions / epoch_s, wall, peaks.total, peaks.private, peaks.per_process(), peaks.proportional)
 
 
 class MemoryPeaks:
     """Peak resident memory of a process and its descendants (Linux /proc)."""
 
     def __init__(self, root: int):
-        self.root, self.total, self.private = root, 0, 0
+        self.root, self.total, self.private, self.proportional = root, 0, 0, 0
         self.peaks: dict[int, int] = {}
 
     def sample(self) -> None:
-        rss, private = 0, 0
+        rss, private, pss = 0, 0, 0
         for pid in [self.root, *descendants(self.root)]:
             status = proc_status(pid)
             rss += status.get("VmRSS", 0)
             private += status.get("RssAnon", 0)
+            pss += proc_pss(pid)
             self.peaks[pid] = max(self.peaks.get(pid, 0), status.get("VmRSS", 0))
         self.total, self.private = max(self.total, rss), max(self.private, private)
+        self.proportional = max(self.proportional, pss)
 
     def per_process(self) -> list[int]:
         return [peak for _, peak in sorted(self.peaks.items()) if peak > 0]
@@ -213,6 +216,18 @@ def descendants(pid: int) -> list[int]:
         found.append(child)
         todo += children.get(child, [])
     return found
+
+
+def proc_pss(pid: int) -> int:
+    """The process's proportional set size in bytes: its private pages plus its share of pages it shares with
+    other processes (a page of a cache file two processes map counts half for each), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -267,11 +282,12 @@ def measure(n: int, root: Path, encoder, sets: list[str], steps: int, batch: int
 
 
 def table(runs: list[Run]) -> str:
-    lines = ["| run | captions/s | wall | peak RSS | of it private | per process |", "|---|---|---|---|---|---|"]
+    lines = ["| run | captions/s | wall | peak RSS | of it private | PSS (shared pages once) | per process (RSS) |",
+             "|---|---|---|---|---|---|---|"]
     for r in runs:
         each = " + ".join(_gb(p) for p in r.per_process) if len(r.per_process) > 1 else ""
         lines.append(f"| {r.label} | {r.captions_s:.0f} | {r.wall_s:.0f} s | {_gb(r.peak_rss)} | "
-                     f"{_gb(r.peak_private)} | {each} |")
+                     f"{_gb(r.peak_private)} | {_gb(r.peak_pss)} | {each} |")
     return "\n".join(lines)
 
 
