@@ -1,7 +1,7 @@
 """Training memory and speed as the dataset grows: feature caches of ResNet-101's shape (7x7x2048 grid,
 2048-d global vector, float16) for 8,000, 40,000 and 120,000 images (1.6 / 8.2 / 24.6 GB), each trained
-for 200 steps with ``train.feature_source=memory`` (the whole cache in RAM) and ``=stream`` (rows read per
-batch from the memory-mapped files), then 8,000 images with 2 DDP processes (gloo on the CPU).
+for 200 steps, its features streamed (rows read per batch from the memory-mapped files), then 8,000 images
+with 2 DDP processes (gloo on the CPU).
 
     python benchmarks/scale.py                    # writes up to 34 GB of caches once, reused by later runs
     python benchmarks/scale.py --sizes 8000       # some sizes only
@@ -11,9 +11,7 @@ batch from the memory-mapped files), then 8,000 images with 2 DDP processes (glo
 The caches are synthetic but real caches otherwise: the folder, files and meta.json that `captioner features`
 writes, for a synthetic Karpathy-format dataset (5 captions per image, empty image files), found by
 `captioner train` as it finds any cache. They are written under ``--dir`` (default: ``scale-benchmark`` in the
-captioner cache root) and reused. A size whose cache does not fit on the disk is skipped, as is the memory
-run of a size whose cache would not fit in RAM (each process holds the cache as float32, after reading it
-as float16: 3x the file); the script says which.
+captioner cache root) and reused. A size whose cache does not fit on the disk is skipped; the script says which.
 
 Each training is `captioner train --config soft_resnet101` (``encoder.weights=none``, on the CPU) in a fresh
 process, with one epoch of exactly 200 steps: the training split holds 200 batches of captions (spread over
@@ -39,9 +37,8 @@ from pathlib import Path
 import numpy as np
 from common import logged_epoch_seconds, matmul_rate
 
-from captioner.config import TrainConfig, load_config
+from captioner.config import load_config
 from captioner.data.readers import dataset_fingerprint, load_dataset
-from captioner.devices import available_memory
 from captioner.errors import CaptionerError
 from captioner.features import (
     META,
@@ -59,7 +56,7 @@ from captioner.io import write_json_atomic
 CONFIG = "soft_resnet101"
 SIZES, QUICK_SIZES = (8_000, 40_000, 120_000), (200, 400)
 CAPTIONS_PER_IMAGE, VAL_IMAGES = 5, 20
-DISK_HEADROOM, RAM_HEADROOM = 1e9, 2e9  # bytes left free on the disk, in RAM
+DISK_HEADROOM = 1e9  # bytes left free on the disk
 ALL_RUNS = ["encoder.weights=none", "train.max_epochs=1", "train.accelerator=cpu"]
 QUICK_RUNS = ["encoder.name=tiny", "encoder.grid_size=2", "train.batch_size=8", "model.embed_dim=32",
               "model.hidden_dim=32", "model.attention_dim=32"]  # the code path only, quickly
@@ -243,27 +240,8 @@ def proc_status(pid: int) -> dict[str, int]:
 # -- the runs -------------------------------------------------------------------------------------------
 
 
-def has_feature_source() -> bool:
-    return "feature_source" in {f.name for f in dataclasses.fields(TrainConfig)}
-
-
-def sources_for(n_bytes: int, processes: int, notes: list[str], label: str, memory: bool) -> list[str | None]:
-    """The feature sources to train with: memory (when asked for and it fits in RAM) and stream; [None] (the
-    default path) before train.feature_source exists."""
-    if not has_feature_source():
-        return [None]
-    if not memory:
-        return ["stream"]
-    need = 3 * n_bytes * processes  # per process: the float16 file read whole, then held as float32
-    if need + RAM_HEADROOM > available_memory():
-        notes.append(f"{label}: memory skipped, it needs about {format_bytes(need)} of RAM, "
-                     f"{format_bytes(available_memory())} available")
-        return ["stream"]
-    return ["memory", "stream"]
-
-
 def measure(n: int, root: Path, encoder, sets: list[str], steps: int, batch: int, processes: int,
-            notes: list[str], memory: bool = True) -> list[Run]:
+            notes: list[str]) -> list[Run]:
     label = f"{n} images" + (f", {processes} processes" if processes > 1 else "")
     data = write_dataset(root, n, n_train=steps * batch // CAPTIONS_PER_IMAGE)
     cache, problem = ensure_cache(data, root / "cache", encoder)
@@ -272,12 +250,10 @@ def measure(n: int, root: Path, encoder, sets: list[str], steps: int, batch: int
         return []
     n_bytes = FeatureCache.open(cache).nbytes
     runs = []
-    for source in sources_for(n_bytes, processes, notes, label, memory):
-        extra = [f"train.feature_source={source}"] if source else []
-        extra += [f"train.devices={processes}"] if processes > 1 else []
-        run_label = f"{label}, {source or 'default'} ({format_bytes(n_bytes)})"
-        print(f"training: {run_label}", file=sys.stderr, flush=True)
-        runs.append(train(data, root / "cache", root, sets + extra, steps * batch, run_label))
+    extra = [f"train.devices={processes}"] if processes > 1 else []
+    run_label = f"{label} ({format_bytes(n_bytes)})"
+    print(f"training: {run_label}", file=sys.stderr, flush=True)
+    runs.append(train(data, root / "cache", root, sets + extra, steps * batch, run_label))
     return runs
 
 
@@ -314,14 +290,13 @@ def main() -> None:
         p.error(f"{steps} steps of {batch} captions need a multiple of {CAPTIONS_PER_IMAGE} captions and at least "
                 f"{steps * batch // CAPTIONS_PER_IMAGE + VAL_IMAGES} images")
     encoder = config_encoder(cfg)
-    notes = [] if has_feature_source() else ["train.feature_source does not exist (yet): one run per size, "
-                                             "the default path"]
+    notes: list[str] = []
     rate = matmul_rate()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.dir or (Path(tmp) if args.quick else default_cache_root() / "scale-benchmark")
         image_files(root / "images", max(sizes))
         runs = [r for n in sorted(sizes) for r in measure(n, root, encoder, sets, steps, batch, 1, notes)]
-        runs += measure(min(sizes), root, encoder, sets, steps, batch, 2, notes, memory=not args.quick)
+        runs += measure(min(sizes), root, encoder, sets, steps, batch, 2, notes)
     print(table(runs))
     for note in notes:
         print(f"note: {note}")

@@ -57,17 +57,14 @@ def _train_cmd(data, run, cache, sets, resume=False):
 def test_a_run_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     """Kill a real training process (SIGKILL, no clean-up) after its first checkpoint; `--resume` must end
     with exactly the weights and best score of a run that was never interrupted. Hard attention: dropout
-    and location sampling both draw random numbers. The uninterrupted run holds the features in memory, the
-    killed one streams them from the cache: the two ways of reading them give the same training."""
+    and location sampling both draw random numbers."""
     data = make_synth(tmp_path / "synth", n_train=150, n_val=12, n_test=2, size=32)
     sets = ["train.batch_size=16", "model.embed_dim=16", "model.hidden_dim=16", "model.attention_dim=8",
             "train.max_epochs=5", "train.early_stop_patience=10", "model.dropout=0.3"]
     cache = tmp_path / "cache"
-    subprocess.run(_train_cmd(data, tmp_path / "whole", cache, [*sets, "train.feature_source=memory"]), check=True,
-                   capture_output=True, timeout=600)
+    subprocess.run(_train_cmd(data, tmp_path / "whole", cache, sets), check=True, capture_output=True, timeout=600)
 
     run = tmp_path / "killed"
-    sets.append("train.feature_source=stream")
     proc = subprocess.Popen(_train_cmd(data, run, cache, sets), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (run / "checkpoints" / "last.ckpt").exists():

@@ -51,19 +51,3 @@ def test_streamed_rows_read_what_the_cache_holds(tmp_path):
     assert torch.equal(some.float(), torch.from_numpy(np.asarray(grid[[3]])).float())
     again = pickle.loads(pickle.dumps(rows))
     assert len(pickle.dumps(rows)) < 1000 and torch.equal(again[:], rows[:])
-
-
-def test_training_streams_when_the_cache_is_large_or_several_processes_train(monkeypatch):
-    from types import SimpleNamespace
-
-    from captioner.config import load_config
-    from captioner.training import train as training
-
-    cache = SimpleNamespace(nbytes=1_000_000_000)  # 1 GB on disk, 2 GB in float32
-    monkeypatch.setattr(training, "available_memory", lambda: 16_000_000_000)
-    assert training._features_in_memory(load_config("synth_soft", ["train.devices=1"]), cache)
-    assert not training._features_in_memory(load_config("synth_soft", ["train.devices=2"]), cache)
-    assert not training._features_in_memory(load_config("synth_soft", ["train.feature_source=stream"]), cache)
-    monkeypatch.setattr(training, "available_memory", lambda: 6_000_000_000)
-    assert not training._features_in_memory(load_config("synth_soft", ["train.devices=1"]), cache)
-    assert training._features_in_memory(load_config("synth_soft", ["train.feature_source=memory"]), cache)

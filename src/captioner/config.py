@@ -106,11 +106,6 @@ class TrainConfig:
     devices: str | int = "auto"  # processes per machine; more than 1 trains with DDP (batch_size is the total)
     num_nodes: int = 1  # machines (torchrun / SLURM set both themselves)
     num_workers: int = 0  # data-loader worker processes (0: load batches in the training process)
-    # where training reads the encoder features from: stream (each batch's rows from the memory-mapped float16
-    # cache; memory stays flat however large the dataset, and processes on one machine share the OS page
-    # cache) | memory (the whole cache in RAM as float32) | auto (memory when it takes under a quarter of the
-    # available RAM and one process trains, else stream)
-    feature_source: str = "auto"
     # deterministic algorithms, for repeatable runs (on a GPU: only a warning for an operation that has none)
     deterministic: bool = True
     bucket_by_length: bool = True  # batch captions of similar length together (less padding, faster)
@@ -231,9 +226,6 @@ class Config:
     def validate(self, source: str = "config") -> None:
         if self.model.type not in ("nic", "soft", "hard", "uniform", "updown"):
             raise file_error(source, f"model.type must be nic, soft, hard, uniform or updown, not {self.model.type!r}")
-        if self.train.feature_source not in ("auto", "memory", "stream"):
-            raise file_error(source, f"train.feature_source must be auto, memory or stream, not "
-                                     f"{self.train.feature_source!r}")
         if self.train.distill_weight < 0 or self.train.distill_topk < 0:
             raise file_error(source, "train.distill_weight and train.distill_topk must not be negative")
         if self.train.monitor not in ("bleu4", "cider"):

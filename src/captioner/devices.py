@@ -57,15 +57,3 @@ def module_device(module: torch.nn.Module) -> torch.device:
     """The device of a module's parameters (the CPU for a module without any)."""
     param = next(module.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
-
-
-def available_memory() -> int:
-    """Bytes of memory this machine has available now (Linux: MemAvailable), or its total where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

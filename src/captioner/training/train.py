@@ -22,8 +22,8 @@ from captioner.checkpoint import load_model, save_model
 from captioner.config import Config
 from captioner.data.readers import load_dataset
 from captioner.data.vocab import Vocab
-from captioner.devices import available_memory, trains_on_gpu
-from captioner.distributed import barrier, join_early, processes_per_node, rank_and_world
+from captioner.devices import trains_on_gpu
+from captioner.distributed import barrier, join_early, processes_per_node
 from captioner.errors import CaptionerError, file_error
 from captioner.features import config_encoder, load_features, load_mirrored_features, split_rows
 from captioner.io import torch_save_atomic, write_text_atomic
@@ -213,9 +213,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         train_set = ImageCaptionBatches(paths, encoder.preprocess, captions, owners)
         val_set = ImageFileBatches([paths[i] for i in val_rows], encoder.preprocess, val_keys)
     else:
-        in_memory = _features_in_memory(cfg, cache)
-        features = _features(cache, in_memory)
-        mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress, in_memory) if t.flip else None
+        features = cache.streamed()  # rows read per batch from the memory-mapped cache, however large it is
+        mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress) if t.flip else None
         train_set = CaptionBatches(features, captions, owners, mirrored, weights, soft)
         if t.scst:  # SCST samples captions per image and scores them against all its references
             train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
@@ -281,31 +280,7 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     return out_dir / "model.pt"
 
 
-def _features_in_memory(cfg: Config, cache) -> bool:
-    """train.feature_source: memory, stream, or (auto) memory when the cache in float32 takes under a quarter
-    of the memory available and one process trains (each DDP process would hold its own copy)."""
-    source = cfg.train.feature_source
-    if source != "auto":
-        return source == "memory"
-    per_node, nodes = processes_per_node(cfg.train.devices)
-    one_process = (str(per_node) == "1" or (str(per_node) == "auto" and torch.cuda.device_count() <= 1)) and \
-        nodes == 1 and cfg.train.num_nodes == 1 and rank_and_world()[1] == 1
-    fits = 2 * cache.nbytes < available_memory() / 4  # float16 on disk, float32 in RAM
-    log.info("training features: %s (%.1f GB on disk)", "in memory" if fits and one_process else "streamed",
-             cache.nbytes / 1e9)
-    return fits and one_process
-
-
-def _features(cache, in_memory: bool) -> dict:
-    """The cache as ``{"global": [N, D], "grid": [N, L, C]}``: float32 tensors in RAM, or rows read per batch."""
-    if not in_memory:
-        return cache.streamed()
-    global_t, grid_t = cache.load_all()
-    return {"global": global_t, "grid": grid_t}
-
-
-def _mirrored_rows(cfg: Config, dataset, records, cache, cache_root, progress: bool,
-                   in_memory: bool) -> tuple[dict, Tensor]:
+def _mirrored_rows(cfg: Config, dataset, records, cache, cache_root, progress: bool) -> tuple[dict, Tensor]:
     """train.flip: the mirrored training images' features, and for each row of the plain cache the row of its
     mirror among them (-1: none, e.g. a validation image)."""
     mirrored = load_mirrored_features(cfg, dataset, records, "train", cache_root, progress)
@@ -313,7 +288,7 @@ def _mirrored_rows(cfg: Config, dataset, records, cache, cache_root, progress: b
     for name, row in mirrored.index.items():
         if name in cache.index and name not in mirrored.failed:
             mirror_of[cache.index[name]] = row
-    return _features(mirrored, in_memory), mirror_of
+    return mirrored.streamed(), mirror_of
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
