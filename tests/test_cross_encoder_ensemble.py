@@ -92,7 +92,7 @@ def test_evaluate_and_caption_across_encoders_from_the_command_line(two_encoders
     photo = sorted((data / "images").glob("*.png"))[0]
     run = _cli("caption", "--model", a, "--model", b, photo, root / "missing.png", "--out", root / "figs",
                cache=cache)
-    assert run.returncode == 0 and f"{photo.name}: " in run.stdout  # the good file captioned, the bad reported
+    assert run.returncode == 3 and f"{photo.name}: " in run.stdout  # the good file captioned, the bad reported
     assert "missing.png" in run.stderr and "Traceback" not in run.stderr
     (result,) = json.loads((root / "figs" / "captions.json").read_text())["captions"]
     assert result["attention_of"] == "the map of 1 of its 2 decoders"  # the 4x4 grid's; b.pt attends over 3x3

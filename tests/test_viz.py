@@ -124,9 +124,11 @@ def test_caption_out_writes_figures_for_a_batch(models, kind, tmp_path, capsys):
     Image.new("L", (1, 1), 128).save(photos / "dot.gif")
     (photos / "broken.jpg").write_bytes(b"not an image")
     out = tmp_path / "out"
-    main(["caption", "--model", str(models[kind]), "--beam-size", "2", "--out", str(out),
-          str(photos / "wide.png"), str(photos / "more" / "wide.png"), str(photos / "dot.gif"),
-          str(photos / "broken.jpg")])
+    with pytest.raises(SystemExit) as stopped:  # exit code 3: some images could not be captioned
+        main(["caption", "--model", str(models[kind]), "--beam-size", "2", "--out", str(out),
+              str(photos / "wide.png"), str(photos / "more" / "wide.png"), str(photos / "dot.gif"),
+              str(photos / "broken.jpg")])
+    assert stopped.value.code == 3
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "1 of 4 images skipped" in err
     report = json.loads((out / "captions.json").read_text())
