@@ -113,14 +113,8 @@ if [ ! -f lite0_pair.pt ]; then  # written whole, then renamed: an interrupted c
   cp "$LITE0_PAIR" lite0_pair.pt.tmp && mv lite0_pair.pt.tmp lite0_pair.pt
 fi
 
-train() {  # name, captioner train arguments
-  local name=$1
-  shift
-  if [ -f "$name/model.pt" ]; then echo "$name: done before"; return; fi
-  local resume=()
-  if [ -f "$name/checkpoints/last.ckpt" ]; then resume=(--resume); fi
-  $PY -m captioner.cli train --data "$DATA" --out "$name" --no-progress "${resume[@]}" "$@"
-}
+# shellcheck source=recipes/lib.sh
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
       --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null

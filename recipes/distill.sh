@@ -33,14 +33,8 @@ $PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/mod
   --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5 \
   --set decode.ensemble_mean=logprob --set decode.flip=true
 
-train() {  # name, captioner train arguments
-  local name=$1
-  shift
-  if [ -f "$name/model.pt" ]; then echo "$name: done before"; return; fi
-  local resume=()
-  if [ -f "$name/checkpoints/last.ckpt" ]; then resume=(--resume); fi
-  $PY -m captioner.cli train --data "$DATA" --out "$name" --no-progress "${resume[@]}" "$@"
-}
+# shellcheck source=recipes/lib.sh
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
   --set train.max_epochs="${EPOCHS:-6}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \

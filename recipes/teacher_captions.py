@@ -27,7 +27,6 @@ model files or settings) is refused.
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import shlex
@@ -41,6 +40,7 @@ from captioner import model_features as features
 from captioner.checkpoint import load_models
 from captioner.devices import module_device, pick_device
 from captioner.errors import CaptionerError, file_error
+from captioner.io import file_sha256
 
 PROG = "recipes/teacher_captions.py"
 
@@ -106,7 +106,7 @@ def run(args: argparse.Namespace, command: str) -> None:
         model = models.with_settings(model, args.set)
     beam_size, max_len = decoding.search_size(model, args.beam_size, args.max_len)
     header = {"header": True, "command": command,
-              "models": [{"file": path, "sha256": sha256(path)} for path in args.model],
+              "models": [{"file": path, "sha256": file_sha256(path)} for path in args.model],
               "settings": settings(model, beam_size, max_len, args.topk), "split": args.split,
               "vocab": list(model.vocab.itos)}  # what the word ids of "tokens" and "topk" mean
     has_header, done = resume(out, header)
@@ -146,14 +146,6 @@ def run(args: argparse.Namespace, command: str) -> None:
             print(f"{count}/{total} images, {rate:.2f} images/s, ETA {_duration((total - count) / rate)}",
                   file=sys.stderr, flush=True)
     print(f"all {total} images of {args.split} in {out}", file=sys.stderr)
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def settings(model, beam_size: int, max_len: int, topk: int) -> dict:

@@ -45,3 +45,14 @@ def write_json_atomic(path: str | Path, obj) -> Path:
 
 def torch_save_atomic(path: str | Path, obj) -> Path:
     return _atomic(path, lambda f: torch.save(obj, f))
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits (read a megabyte at a time)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -11,7 +11,6 @@ One record per image: ``{"path", "caption", "score", "model", "error"}`` (``erro
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -19,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from captioner.errors import CaptionerError, file_error
+from captioner.io import file_sha256
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 CSV_FIELDS = ["path", "caption", "score", "model", "error"]
@@ -45,14 +45,7 @@ def find_images(paths: Iterable[str | Path], glob: str = "*", from_list: str | P
 
 def model_digest(paths: Iterable[str | Path]) -> str:
     """12 hex digits of the model file(s)' SHA-256 (several files: joined with +): which model wrote a record."""
-    parts = []
-    for path in paths:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        parts.append(h.hexdigest()[:12])
-    return "+".join(parts)
+    return "+".join(file_sha256(path)[:12] for path in paths)
 
 
 class RecordFile:

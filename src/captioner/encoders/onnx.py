@@ -10,7 +10,6 @@ ONNX Runtime is optional (``pip install 'captioner[onnx]'``); :func:`onnx_availa
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +22,7 @@ from PIL import Image
 from torch import Tensor
 
 from captioner.errors import file_error
+from captioner.io import file_sha256
 
 MANIFEST = "manifest.json"
 
@@ -57,7 +57,7 @@ def export_onnx(encoder, path: str | Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    manifest = {"encoder.onnx": {"file": path.name, "sha256": sha256(path)},
+    manifest = {"encoder.onnx": {"file": path.name, "sha256": file_sha256(path)},
                 "preprocessing": {"input_size": size, "mean": list(encoder.mean), "std": list(encoder.std),
                                   "resize": "bilinear to input_size x input_size, RGB, (x / 255 - mean) / std"},
                 "encoder": encoder.describe()}
@@ -108,14 +108,6 @@ class OnnxEncoder:
         return iter(())
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_export(folder: str | Path) -> Path:
     """The encoder.onnx of an export folder, once its SHA-256 matches the manifest's (a one-line error if not)."""
     folder = Path(folder)
@@ -125,7 +117,7 @@ def check_export(folder: str | Path) -> Path:
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise file_error(folder / MANIFEST, "missing or not an export manifest; export again") from None
     path = folder / entry["file"]
-    if not path.is_file() or sha256(path) != entry["sha256"]:
+    if not path.is_file() or file_sha256(path) != entry["sha256"]:
         raise file_error(path, "missing or not the exported file its manifest names; export again")
     return path
 
