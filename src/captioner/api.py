@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from captioner.captioning import SETTINGS, Captioner
+from captioner.captioning import Captioner, settings_overrides
 from captioner.errors import CaptionerError
 
 SHIPPED = "shipped"  # the name of the model that comes with the package
@@ -48,18 +48,13 @@ def load(model: ModelSpec = None, *, device: str = "auto", backend: str = "auto"
     from captioner.devices import pick_device
     from captioner.model import pick_backend, with_settings
 
-    unknown = sorted(set(settings) - set(SETTINGS))
-    if unknown:
-        raise CaptionerError(f"unknown decoding setting(s) {', '.join(unknown)}; settings: {', '.join(SETTINGS)}")
+    overrides = settings_overrides(settings)  # (unknown names refused before anything loads)
     paths = _model_paths(model, default_model_path)
     loaded = load_models(paths)
     if member:
         loaded = loaded.member(member)
     where = pick_device(device)
     loaded = loaded.to(where)
-    from captioner.captioning import settings_overrides
-
-    overrides = settings_overrides(settings)
     if overrides:
         loaded = with_settings(loaded, overrides)
     reranker = None

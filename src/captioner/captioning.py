@@ -20,14 +20,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from captioner.config import DecodeConfig
 from captioner.decoding import Hypothesis, beam_search, beam_search_nbest
 from captioner.devices import module_device
 from captioner.errors import CaptionerError
 from captioner.model import CaptionModel, EncoderGroup, model_encoder, onnx_encoder, with_settings
 
-# the decoding settings a Captioner takes, as keyword arguments of load() and of each call
-DECODE_SETTINGS = ("beam_size", "max_len", "length_penalty", "ban_unk", "block_ngram", "repetition_penalty",
-                   "consensus", "consensus_k", "consensus_weight", "mbr_weight", "ensemble_mean", "flip")
+# the decoding settings a Captioner takes, as keyword arguments of load() and of each call: the decode
+# section of a config, and hard attention's context
+DECODE_SETTINGS = tuple(f.name for f in dataclasses.fields(DecodeConfig))
 SETTINGS = (*DECODE_SETTINGS, "hard_inference")
 ImageInput = str | Path | Image.Image | np.ndarray | torch.Tensor
 
@@ -183,15 +184,8 @@ class Captioner:
             return out
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending, chunk = None, []
-            for i, item in enumerate(items):
-                chunk.append((i, item))
-                if len(chunk) == batch_size:
-                    future, chunk = pool.submit(read, chunk), []
-                    if pending is not None:
-                        yield pending.result()
-                    pending = future
-            if chunk:
+            pending = None
+            for chunk in _chunks(enumerate(items), batch_size):
                 future = pool.submit(read, chunk)
                 if pending is not None:
                     yield pending.result()
@@ -229,9 +223,6 @@ class Captioner:
 
     @contextmanager
     def _applied(self, settings: dict, needs_reranker: bool) -> Iterator[CaptionModel]:
-        unknown = sorted(set(settings) - set(SETTINGS))
-        if unknown:
-            raise CaptionerError(f"unknown decoding setting(s) {', '.join(unknown)}; settings: {', '.join(SETTINGS)}")
         overrides = settings_overrides(settings)
         if not overrides:
             yield self.model
@@ -252,12 +243,10 @@ class Captioner:
     def figure(self, result: Caption, image: ImageInput | None = None):
         """The per-word attention figure of ``result`` over its image (a matplotlib Figure; ``image``: default,
         the one it was made from); for a model without attention, the image with its caption."""
-        from captioner.data.images import as_image, load_image
         from captioner.viz.attention import attention_figure
         from captioner.viz.draw import captioned_image
 
-        image = image if image is not None else (result.image if result.image is not None else result.source)
-        img = load_image(image) if isinstance(image, str | Path) else as_image(image)
+        img = _image_of(result, image)
         if result.attention is None:
             import matplotlib.pyplot as plt
 
@@ -275,7 +264,6 @@ class Captioner:
         (``OUT/NAME.attention.png``), and all captions in ``OUT/captions.json``. ``images``: the images in
         the order of ``results`` (default: the image a result was made from, read again from its file).
         Returns ``out_dir``."""
-        from captioner.data.images import as_image, load_image
         from captioner.viz.outputs import OutputFolder
 
         results = [results] if isinstance(results, Caption) else list(results)
@@ -287,9 +275,7 @@ class Captioner:
             if result.error is not None:
                 folder.skip(result.error)
                 continue
-            given = images[i] if images is not None else (result.image if result.image is not None else
-                                                          result.source)
-            img = load_image(given) if isinstance(given, str | Path) else as_image(given, result.source or "image")
+            img = _image_of(result, images[i] if images is not None else None)
             folder.add(result.source or f"image_{i + 1}", img, result.to_dict())
         folder.close()
         return out
@@ -308,8 +294,33 @@ class Captioner:
             return evaluate(self.model, data, split, **kwargs)
 
 
+def _image_of(result: Caption, given: ImageInput | None = None) -> Image.Image:
+    """The RGB image a result is drawn over: ``given``, else the one it was made from (kept when given in
+    memory, read again from its file otherwise)."""
+    from captioner.data.images import as_image, load_image
+
+    image = given if given is not None else (result.image if result.image is not None else result.source)
+    return load_image(image) if isinstance(image, str | Path) else as_image(image, result.source or "image")
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def settings_overrides(settings: dict) -> list[str]:
-    """Keyword settings as ``--set`` overrides: ``beam_size=3`` -> ``decode.beam_size=3``."""
+    """Keyword settings as ``--set`` overrides: ``beam_size=3`` -> ``decode.beam_size=3`` (None: unchanged). An
+    unknown name is a one-line error."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise CaptionerError(f"unknown decoding setting(s) {', '.join(unknown)}; settings: {', '.join(SETTINGS)}")
     out = []
     for name, value in settings.items():
         if value is None:

@@ -191,13 +191,13 @@ def onnx_encoder(model: CaptionModel, cache_root: str | Path | None = None):
 
     if model.sources:
         return EncoderGroup([onnx_encoder(source, cache_root) for source in model.sources])
-    encoder = model_encoder(model)
     folder = Path(cache_root or default_cache_root()) / "onnx" / encoder_key(model)
     try:
-        path = check_export(folder)
-    except CaptionerError:  # not exported yet (or a broken export): export now
-        path = export_onnx(encoder, folder / "encoder.onnx")
-    return OnnxEncoder(path, encoder.describe())
+        path, description = check_export(folder)
+    except CaptionerError:  # not exported yet (or a broken export): build the encoder and export it now
+        encoder = model_encoder(model)
+        path, description = export_onnx(encoder, folder / "encoder.onnx"), encoder.describe()
+    return OnnxEncoder(path, description)
 
 
 def model_encoder(model: CaptionModel, weights: str | None = None):

@@ -66,7 +66,7 @@ def export_onnx(encoder, path: str | Path) -> Path:
 
 
 class OnnxEncoder:
-    """An exported encoder in an ONNX Runtime session, with what the captioning path needs of an encoder:
+    """An exported encoder run by ONNX Runtime, with what the captioning path needs of an encoder:
     ``preprocess(img)``, ``(global, grid) = encoder(images)``, ``describe()``, ``input_size``, ``mirror``."""
 
     def __init__(self, path: str | Path, description: dict, threads: int | None = None):
@@ -81,7 +81,7 @@ class OnnxEncoder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or torch.get_num_threads()
         try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+            self.runtime = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a missing or corrupt file
             raise file_error(self.path, f"not a readable ONNX model ({str(e).splitlines()[0][:160]})") from None
 
@@ -95,7 +95,7 @@ class OnnxEncoder:
         if self.mirror:
             images = images.flip(-1)
         batch = np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
-        global_, grid = self.session.run(["global", "grid"], {"images": batch})
+        global_, grid = self.runtime.run(["global", "grid"], {"images": batch})
         return torch.from_numpy(global_), torch.from_numpy(grid)
 
     def describe(self) -> dict:
@@ -108,18 +108,19 @@ class OnnxEncoder:
         return iter(())
 
 
-def check_export(folder: str | Path) -> Path:
-    """The encoder.onnx of an export folder, once its SHA-256 matches the manifest's (a one-line error if not)."""
+def check_export(folder: str | Path) -> tuple[Path, dict]:
+    """The encoder.onnx of an export folder, once its SHA-256 matches the manifest's (a one-line error if not),
+    and the description of the encoder it holds (as ``Encoder.describe()`` gave it when exported)."""
     folder = Path(folder)
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        entry = manifest["encoder.onnx"]
+        entry, description = manifest["encoder.onnx"], dict(manifest["encoder"])
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         raise file_error(folder / MANIFEST, "missing or not an export manifest; export again") from None
     path = folder / entry["file"]
     if not path.is_file() or file_sha256(path) != entry["sha256"]:
         raise file_error(path, "missing or not the exported file its manifest names; export again")
-    return path
+    return path, description
 
 
 def _write_json_atomic(path: Path, obj: dict) -> None:
