@@ -16,16 +16,18 @@
 # On a 2-core CPU: features 7 min, smooth 5 x 3.6-6 min, its SCST 4 min, hard 5 x 3.4 min, its SCST 4 min, the
 # first five evaluations 16 min: about 1 hour 20 minutes. Measured val BLEU-4, setting by setting: 24.7, 25.1,
 # 25.4, 25.7, 25.6 (SEED=0, the first five); 24.9, 25.1, 25.2, 25.5, 25.8, 26.1 (SEED=1).
-# Usage: recipes/best_recipe.sh [--dry-run] DATA OUT   (DATA: Flickr8k, e.g. ../shared/data/flickr8k; OUT: a folder)
+# Usage: recipes/best_recipe.sh [--dry-run | --train-only] DATA OUT   (DATA: Flickr8k, e.g. ../shared/data/flickr8k;
+#   OUT: a folder)
 #   --dry-run: check DATA and the fixed files, list the stages (and which are done in OUT), run nothing.
+#   --train-only: make the five decoders, score nothing (all that recipes/distill.sh needs).
 # Environment: PYTHON (default python3), SEED (default 0: the seed of the two decoders trained here; the other
 #   three are fixed files, so a second SEED measures how much the recipe's numbers move with training noise),
 #   RECIPE_FILES (default recipes/files: where the fixed files are; their hashes always come from the manifest).
 # Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint.
 set -euo pipefail
-DRY=0
-if [ "${1:-}" = --dry-run ]; then DRY=1; shift; fi
-if [ $# -ne 2 ]; then echo "usage: $0 [--dry-run] DATA OUT" >&2; exit 2; fi
+DRY=0 TRAIN_ONLY=0
+if [ "${1:-}" = --dry-run ]; then DRY=1; shift; elif [ "${1:-}" = --train-only ]; then TRAIN_ONLY=1; shift; fi
+if [ $# -ne 2 ]; then echo "usage: $0 [--dry-run | --train-only] DATA OUT" >&2; exit 2; fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 MANIFEST=$REPO/recipes/files/SHA256SUMS
 FILES=${RECIPE_FILES:-$REPO/recipes/files}
@@ -126,6 +128,7 @@ train smooth_scst --config smooth/config.yaml --set train.init_from=smooth/model
 train hard --config hard_lite0 "${ENC[@]}" "${SEEDED[@]}" --set train.monitor=cider --set train.max_epochs=5 \
   --set train.early_stop_patience=3
 train hard_scst --config hard/config.yaml --set train.init_from=hard/model.pt "${SCST[@]}" --set train.scst_dropout=false
+[ "$TRAIN_ONLY" = 0 ] || exit 0
 
 # the first file's encoder (Lite2, features cached) finds the consensus neighbours
 MODELS=(--model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt --model hard_scst/model.pt)

@@ -22,7 +22,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 DATA=$(realpath "$1") OUT=$(realpath "$2")
 NAME=${NAME:-student}
 for needed in lite2.pt smooth_scst/model.pt lite0_pair.pt hard_scst/model.pt encoder.pth; do
-  [ -e "$OUT/$needed" ] || { echo "distill.sh: $OUT/$needed: missing; run recipes/best_recipe.sh first" >&2; exit 1; }
+  [ -e "$OUT/$needed" ] || { echo "distill.sh: $OUT/$needed: missing; run recipes/best_recipe.sh first (--train-only is enough)" >&2; exit 1; }
 done
 cd "$OUT"
 
