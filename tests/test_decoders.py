@@ -6,7 +6,7 @@ import torch
 from conftest import random_captions, random_feats, small_decoder
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown", "transformer", "spatial", "adaptive"])
 def test_output_t_predicts_word_t_plus_1_from_word_t(kind):
     """logits[:, t] is the prediction of captions[:, t+1]: it sees word t, and never a later word."""
     dec = small_decoder(kind).eval()
@@ -32,6 +32,7 @@ PLAIN = {"deep_output": False}  # attention models with the tutorial's output la
 
 
 @pytest.mark.parametrize("kind, overrides", [("nic", {}), ("soft", {}), ("hard", {}), ("uniform", {}), ("updown", {}),
+                                             ("transformer", {}), ("spatial", {}), ("adaptive", {}),
                                              ("soft", PLAIN), ("hard", PLAIN)])
 def test_teacher_forcing_equals_stepping(kind, overrides):
     dec = small_decoder(kind, **overrides).eval()
@@ -69,7 +70,7 @@ def test_fast_teacher_forcing_has_the_same_gradients(kind, deep_output):
         torch.testing.assert_close(fast[name], plain[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("kind", ["soft", "hard", "uniform"])
+@pytest.mark.parametrize("kind", ["soft", "hard", "uniform", "spatial", "adaptive"])
 def test_decoding_step_equals_training_step(kind):
     """Without autograd the step uses cached weight products (decoding); with it, nn.LSTMCell: same numbers."""
     dec = small_decoder(kind).eval()

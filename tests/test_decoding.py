@@ -9,7 +9,7 @@ from conftest import random_feats, small_decoder
 START, END = 1, 2
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown", "transformer", "spatial", "adaptive"])
 def test_beam_one_is_greedy(kind):
     dec = small_decoder(kind).eval()
     feats = random_feats(6)
@@ -20,7 +20,7 @@ def test_beam_one_is_greedy(kind):
         assert b.score == pytest.approx(g.score, abs=1e-4)
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown", "transformer", "spatial", "adaptive"])
 @pytest.mark.parametrize("beam_size", [3, 5])
 def test_batched_beam_equals_per_image(kind, beam_size):
     dec = small_decoder(kind).eval()
@@ -56,7 +56,7 @@ def test_beam_never_worse_than_greedy_in_log_prob():
             assert b.score >= g.score - 1e-5
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "uniform", "updown", "transformer", "spatial", "adaptive"])
 def test_no_beam_ends_still_returns_captions(kind):
     dec = small_decoder(kind).eval()
     with torch.no_grad():

@@ -6,11 +6,13 @@ image exists, and those checks are part of what a real run pays. The test then t
 builds the vocabulary (min_freq 5, as the configs) and checks the records.
 """
 
+import gc
 import json
 import random
 import re
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,7 @@ SPLITS = {"train": 82_783, "restval": 30_504, "val": 5_000, "test": 5_000}  # Ka
 N_IMAGES = sum(SPLITS.values())  # 123,287
 CAPTIONS_PER_IMAGE = 5
 READ_SECONDS = 60  # generous bound on a busy 2-core machine (measured: about 15 s)
+RECORDS_BYTES = 500e6  # the records' memory, as the process's private memory grows (measured: about 0.3 GB)
 
 SUBJECTS = ["man", "woman", "person", "dog", "cat", "little girl", "young boy", "group of people", "train",
             "bus", "plate of food", "giraffe", "elephant", "skateboarder", "surfer", "pizza", "bird", "horse",
@@ -86,21 +89,36 @@ def write_karpathy_json(folder, seed: int = 0):
     return path
 
 
+def private_bytes() -> int:
+    """This process's private resident memory (RssAnon), or 0 where /proc has no such line."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def test_coco_sized_karpathy_json_is_read_in_seconds(tmp_path):
     json_file = write_karpathy_json(tmp_path)
 
-    start = time.perf_counter()
+    gc.collect()
+    before, start = private_bytes(), time.perf_counter()
     dataset = load_dataset(json_file)
     read_s = time.perf_counter() - start
+    gc.collect()
+    grown = private_bytes() - before
     start = time.perf_counter()
     train = [r for r in dataset.records if r.split in ("train", "restval")]
     vocab = Vocab.build((c for r in train for c in r.captions), min_freq=5)
     vocab_s = time.perf_counter() - start
     size_mb = json_file.stat().st_size / 1e6
     print(f"\n{json_file.name} ({size_mb:.0f} MB, {N_IMAGES} images): read in {read_s:.1f} s, "
-          f"vocabulary of {len(vocab)} words built in {vocab_s:.1f} s")
+          f"vocabulary of {len(vocab)} words built in {vocab_s:.1f} s; private memory +{grown / 1e9:.2f} GB")
 
     assert read_s < READ_SECONDS
+    assert grown < RECORDS_BYTES  # a few hundred bytes a caption: interned tokens, the JSON not kept
     assert dataset.splits() == SPLITS
     assert all(len(r.captions) == len(r.captions_raw) == CAPTIONS_PER_IMAGE for r in dataset.records)
     assert all(r.image.is_absolute() for r in dataset.records[:10])

@@ -110,12 +110,12 @@ def test_attention_figures_soft_hard_and_odd_inputs(tmp_path):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("nic", "soft", "hard")}
+    models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("nic", "soft", "hard", "adaptive")}
     models["hard_argmax"] = untrained_model_file(root / "hard_argmax.pt", "hard", hard_inference="argmax")
     return models
 
 
-@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "hard_argmax"])
+@pytest.mark.parametrize("kind", ["nic", "soft", "hard", "hard_argmax", "adaptive"])
 def test_caption_out_writes_figures_for_a_batch(models, kind, tmp_path, capsys):
     photos = tmp_path / "photos"
     (photos / "more").mkdir(parents=True)
@@ -142,3 +142,7 @@ def test_caption_out_writes_figures_for_a_batch(models, kind, tmp_path, capsys):
         assert all(len(c["locations"]) == len(c["tokens"]) for c in report["captions"])
     else:
         assert all("locations" not in c for c in report["captions"])
+    # adaptive attention: how much each word looked at the image (1 - beta_t), the sum of the word's map
+    assert all(("looked" in c) == (kind == "adaptive") for c in report["captions"])
+    for c in report["captions"] if kind == "adaptive" else []:
+        assert all(abs(sum(m) - v) < 1e-3 for m, v in zip(c["attention"], c["looked"], strict=True))

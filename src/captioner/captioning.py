@@ -41,7 +41,9 @@ class Caption:
     penalty ranks it); ``attention``: one ``[g, g]`` map per word, ``[T, g, g]`` (None for a model without
     attention, NIC); ``locations``: hard attention's chosen cell per word (decoded with argmax or sample);
     ``finished``: False when cut at the longest caption; ``source``: the file, or ``image N`` for an image given
-    in memory; ``error``: why the image could not be captioned (then ``text`` is empty).
+    in memory; ``error``: why the image could not be captioned (then ``text`` is empty); ``looked``: for a model
+    with a visual sentinel (adaptive attention), the share of each word's attention on the image, 1 - beta_t
+    (the rest went to the sentinel, the language model; each map of ``attention`` sums to it).
     """
 
     text: str = ""
@@ -53,11 +55,13 @@ class Caption:
     source: str | None = None
     error: str | None = None
     attention_of: str | None = None  # what the maps are when not one decoder's (an ensemble's mean map)
+    looked: list[float] | None = None
     # an image given in memory, as captioned (for save and figure; an image file is read again instead)
     image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        """JSON-ready: caption, tokens, score, finished; attention as one flat list of g*g weights per word."""
+        """JSON-ready: caption, tokens, score, finished; attention as one flat list of g*g weights per word (and
+        ``looked`` per word, for a model with a visual sentinel)."""
         if self.error is not None:
             return {"image": self.source, "error": self.error}
         out = {"caption": self.text, "tokens": self.tokens, "score": self.score, "finished": self.finished}
@@ -65,6 +69,8 @@ class Caption:
             out["attention"] = [m.ravel().tolist() for m in self.attention]  # [T][g*g]
             if self.attention_of:
                 out["attention_of"] = self.attention_of
+        if self.looked is not None:
+            out["looked"] = self.looked
         if self.locations is not None:
             out["locations"] = self.locations
         return out | ({"image": self.source} if self.source is not None else {})
@@ -256,7 +262,7 @@ class Captioner:
             return fig
         alphas = [m.ravel() for m in result.attention]  # [T][g*g]
         return attention_figure(img, result.tokens, alphas, result.locations, caption=result.text,
-                                note=result.attention_of)
+                                note=result.attention_of, looked=result.looked)
 
     def save(self, results: Caption | list[Caption], out_dir: str | Path,
              images: list[ImageInput] | None = None) -> Path:
@@ -450,7 +456,8 @@ def with_mirrored(model: CaptionModel, feats: dict[str, torch.Tensor],
 
 
 def caption_of(model: CaptionModel, hyp: Hypothesis) -> Caption:
-    """A decoded beam as a :class:`Caption` (its attention maps as ``[T, g, g]`` when the grid is square)."""
+    """A decoded beam as a :class:`Caption` (its attention maps as ``[T, g, g]`` when the grid is square; with a
+    visual sentinel, how much each word looked at the image: the sum of its map)."""
     words = model.vocab.decode(hyp.tokens)
     out = Caption(" ".join(words), words, float(hyp.score), finished=bool(hyp.finished), locations=hyp.locs)
     if hyp.alphas is not None:
@@ -461,6 +468,8 @@ def caption_of(model: CaptionModel, hyp: Hypothesis) -> Caption:
             positions = alphas.shape[-1] if alphas.ndim == 2 else None  # None: no word, no map
             n, total = _attending(model, positions), len(model.member_configs)
             out.attention_of = f"the mean map of {n} decoders" if n > 1 else f"the map of 1 of its {total} decoders"
+        if any(c.model.type == "adaptive" for _, c in model.parts()):
+            out.looked = [round(float(v), 4) for v in alphas.sum(axis=-1)]  # 1 - beta_t per word: [T]
     return out
 
 

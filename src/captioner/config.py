@@ -23,11 +23,13 @@ class ModelConfig:
     ``hard_inference``)."""
 
     # nic (Show and Tell) | soft | hard (Show, Attend and Tell) | uniform (soft attention with equal weights: the
-    # attention ablation) | updown (Up-Down top-down attention, Anderson et al. 2018)
+    # attention ablation) | updown (Up-Down top-down attention, Anderson et al. 2018) | spatial | adaptive
+    # (attention from the current LSTM state, without and with a visual sentinel: Lu et al. 2017) |
+    # transformer (masked self-attention and cross-attention over the grid)
     type: str = "soft"
     embed_dim: int = 512  # size of the word embedding (with glove: the vectors' size)
     hidden_dim: int = 512  # size of the LSTM state (both LSTMs of updown)
-    attention_dim: int = 512  # size of the attention network's hidden layer (attention models)
+    attention_dim: int = 512  # size of the attention network's hidden layer (soft, hard, uniform, updown)
     dropout: float = 0.5  # dropout probability inside the decoder (training only)
     # weight of Xu et al.'s doubly stochastic attention regularisation: over a caption, every grid cell should
     # get about as much attention in total (soft, hard)
@@ -52,6 +54,10 @@ class ModelConfig:
     # word vectors in GloVe text format to start the embedding from (their size must equal embed_dim)
     glove: str | None = None
     freeze_embeddings: bool = False  # keep the word embedding fixed in training (e.g. GloVe vectors as they are)
+    num_layers: int = 3  # transformer: decoder layers
+    num_heads: int = 8  # transformer: attention heads (hidden_dim must be a multiple of it)
+    ffn_dim: int = 2048  # transformer: the feed-forward layer's inner size
+    positions: str = "sinusoidal"  # transformer: word positions, sinusoidal | learned
 
 
 @dataclass
@@ -93,6 +99,8 @@ class TrainConfig:
     # multiply the learning rate by this after lr_patience epochs without a better monitored metric
     lr_factor: float = 0.8
     lr_patience: int = 2  # epochs without a better monitored metric before the learning rate drops
+    # the learning rate rises linearly from 0 over the first warmup_steps steps (0: none; transformers want it)
+    warmup_steps: int = 0
     early_stop_patience: int = 5  # stop after this many epochs without a better monitored metric
     # the decoded validation metric that picks the best epoch and drives the LR drops and early stopping:
     # bleu4 | cider (CIDEr-D)
@@ -174,6 +182,7 @@ class DecodeConfig:
 
 # Settings added with a default other than the behaviour before them: a saved config (a run's config.yaml, a
 # model file) that lacks one was trained with this older value, and keeps it
+MODEL_TYPES = ("nic", "soft", "hard", "uniform", "updown", "spatial", "adaptive", "transformer")
 LEGACY = {"model": {"reinforce_reward": "caption", "hard_inference": "argmax"}}
 
 
@@ -224,8 +233,15 @@ class Config:
         return cls.from_dict(d, source)
 
     def validate(self, source: str = "config") -> None:
-        if self.model.type not in ("nic", "soft", "hard", "uniform", "updown"):
-            raise file_error(source, f"model.type must be nic, soft, hard, uniform or updown, not {self.model.type!r}")
+        if self.model.type not in MODEL_TYPES:
+            raise file_error(source, f"model.type must be one of {', '.join(MODEL_TYPES)}, not {self.model.type!r}")
+        if self.model.positions not in ("sinusoidal", "learned"):
+            raise file_error(source, f"model.positions must be sinusoidal or learned, not {self.model.positions!r}")
+        if self.model.type == "transformer" and (self.model.num_heads < 1 or self.model.hidden_dim % self.model.num_heads):
+            raise file_error(source, f"model.hidden_dim ({self.model.hidden_dim}) must be a multiple of "
+                                     f"model.num_heads ({self.model.num_heads})")
+        if self.train.warmup_steps < 0:
+            raise file_error(source, "train.warmup_steps must not be negative")
         if self.train.distill_weight < 0 or self.train.distill_topk < 0:
             raise file_error(source, "train.distill_weight and train.distill_topk must not be negative")
         if self.train.monitor not in ("bleu4", "cider"):

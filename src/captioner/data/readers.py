@@ -243,8 +243,8 @@ def read_karpathy(json_file: Path, images_dir: Path | None = None) -> CaptionDat
 
 def _karpathy_entries(json_file: Path) -> list[dict]:
     """The ``images`` list of a Karpathy JSON, checked enough to give clear errors."""
-    try:
-        data = json.loads(_read_text(json_file))
+    try:  # each sentence becomes its text as it is parsed: COCO's 600k sentence objects are never all held
+        data = json.loads(_read_text(json_file), object_hook=_slim_object)
     except json.JSONDecodeError as e:
         raise file_error(json_file, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
     entries = data.get("images") if isinstance(data, dict) else None
@@ -254,6 +254,15 @@ def _karpathy_entries(json_file: Path) -> list[dict]:
         if not (isinstance(entry, dict) and entry.get("filename") and isinstance(entry.get("sentences"), list)):
             raise file_error(json_file, f"images[{i}]: expected an object with 'filename' and a 'sentences' list")
     return entries
+
+
+def _slim_object(obj: dict):
+    """A parsed JSON object as read_karpathy needs it: a sentence as its text, an image as its four keys."""
+    if "sentences" in obj:
+        return {key: obj[key] for key in ("filepath", "filename", "split", "sentences") if key in obj}
+    if "images" not in obj and ("raw" in obj or "tokens" in obj):
+        return _sentence_text(obj)
+    return obj
 
 
 def _sentence_text(sentence) -> str:

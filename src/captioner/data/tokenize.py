@@ -385,7 +385,8 @@ def ptb_tokens(text: str) -> list[str]:
 @lru_cache(maxsize=65536)
 def _tokenize_cached(text: str) -> tuple[str, ...]:
     tokens = map(str.lower, ptb_tokens(text.replace("\n", " ")))
-    return tuple([tok for tok in tokens if tok not in PUNCTUATIONS])
+    # interned: every caption's "a" is one string object, so a dataset's tokens take the size of its vocabulary
+    return tuple([sys.intern(tok) for tok in tokens if tok not in PUNCTUATIONS])
 
 
 def tokenize(text: str) -> list[str]:

@@ -25,6 +25,15 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
         return SoftAttentionDecoder(vocab_size, grid_dim, **attention)
     if cfg.type == "uniform":
         return UniformAttentionDecoder(vocab_size, grid_dim, **attention)
+    if cfg.type in ("spatial", "adaptive"):
+        from captioner.decoders.adaptive import AdaptiveAttentionDecoder
+
+        return AdaptiveAttentionDecoder(vocab_size, grid_dim, sentinel=cfg.type == "adaptive", **dims)
+    if cfg.type == "transformer":
+        from captioner.decoders.transformer import TransformerDecoder
+
+        return TransformerDecoder(vocab_size, grid_dim, global_dim, num_layers=cfg.num_layers,
+                                  num_heads=cfg.num_heads, ffn_dim=cfg.ffn_dim, positions=cfg.positions, **dims)
     if cfg.type == "hard":
         return HardAttentionDecoder(
             vocab_size, grid_dim, reinforce_weight=cfg.reinforce_weight, entropy_weight=cfg.entropy_weight,

@@ -142,8 +142,27 @@ class CaptionModule(L.LightningModule):
         if self.encoder is not None:  # the encoder gets its own (smaller) learning rate
             groups.append({"params": [p for p in self.encoder.parameters() if p.requires_grad],
                            "lr": self.cfg.encoder.lr})
+        if t.warmup_steps > 0:  # each group starts at 0 and rises to its own rate
+            for group in groups:
+                group["target_lr"], group["lr"] = group["lr"], 0.0
         optimizer = torch.optim.Adam(groups, lr=t.lr, weight_decay=t.weight_decay)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=t.lr_factor, patience=t.lr_patience)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": f"val/{t.monitor}", "interval": "epoch"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if self.cfg.train.warmup_steps > 0:
+            self.warm_up(optimizer, self.trainer.global_step)
+        optimizer.step(closure=optimizer_closure)
+
+    def warm_up(self, optimizer, step: int) -> None:
+        """Linear warm-up: before optimizer step ``step`` (counting from 0), each group's learning rate is
+        ``target_lr * step / warmup_steps``; from step ``warmup_steps`` on it is left to the plateau schedule,
+        which therefore starts from the full rate (warm-up should end before the first plateau decay can:
+        within the first ``lr_patience`` epochs)."""
+        n = self.cfg.train.warmup_steps
+        if step > n:
+            return
+        for group in optimizer.param_groups:
+            group["lr"] = group["target_lr"] * min(1.0, step / n)

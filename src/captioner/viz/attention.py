@@ -3,6 +3,8 @@
 - soft attention: the alpha map of each word, upsampled and smoothed, as a heat map over the photo;
 - hard attention decoded at one location per word (``model.hard_inference`` argmax or sample): that location
   (outlined cell) with its alpha map beside it; decoded with the expected context (the default), as soft;
+- adaptive attention (a visual sentinel): each word's map, and in its title 1 - beta_t, the share of its
+  attention on the image ("how much it looked"; the rest went to the sentinel, the language model);
 - NIC has no attention (one image vector conditions every word): no figure (``decoder.has_attention``).
 
 The encoders resize the whole photo (aspect not kept) to a square, so the grid covers the whole image: the
@@ -49,11 +51,13 @@ def _thumbnail(image: Image.Image) -> Image.Image:
 
 
 def attention_figure(image: Image.Image, words: list[str], alphas, locs: list[int] | None = None,
-                     caption: str | None = None, columns: int = 5, note: str | None = None):
+                     caption: str | None = None, columns: int = 5, note: str | None = None,
+                     looked: list[float] | None = None):
     """A matplotlib figure with one panel per word (two per word for hard attention: location, alpha map).
 
     ``alphas``: [len(words), L] (L = g*g); ``locs``: hard attention's location index per word, or None;
-    ``note``: what the maps are, when not one decoder's (an ensemble's mean map).
+    ``note``: what the maps are, when not one decoder's (an ensemble's mean map); ``looked``: 1 - beta_t per word
+    (adaptive attention), shown in the word's title.
     """
     import matplotlib
 
@@ -89,13 +93,14 @@ def attention_figure(image: Image.Image, words: list[str], alphas, locs: list[in
             ax_map = axes.flat[i * per_word + 1]
             ax_map.imshow(alphas[i].reshape(g, g), cmap="viridis", interpolation="nearest")
             ax_map.set_title("α", fontsize=9)
-        ax.set_title(word, fontsize=11)
+        ax.set_title(word if looked is None else f"{word} · 1−β {looked[i]:.2f}", fontsize=11)
     if not words:
         axes.flat[0].imshow(arr)
         axes.flat[0].set_title("(empty caption)", fontsize=11)
     kind = "hard attention: the location used for each word, and its α map" if locs is not None \
         else "attention for each word (its α map)"
     kind += f" ({note})" if note else ""
+    kind += "; 1−β: how much of it is on the image, not on the sentinel" if looked is not None else ""
     fig.suptitle(f"{caption}\n{kind}" if caption else kind, fontsize=11)
     return fig
 
@@ -109,7 +114,7 @@ def save_attention_figure(path: str | Path, image: Image.Image, result: dict, dp
     from captioner.io import write_bytes_atomic
 
     fig = attention_figure(image, result["tokens"], result.get("attention") or [], result.get("locations"),
-                           caption=result["caption"], note=result.get("attention_of"))
+                           caption=result["caption"], note=result.get("attention_of"), looked=result.get("looked"))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
