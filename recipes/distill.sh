@@ -12,7 +12,7 @@
 # Usage: recipes/distill.sh DATA OUT     (run recipes/best_recipe.sh DATA OUT first: it makes the teacher)
 # Environment: PYTHON (default python3), NAME (default student), WEIGHT (default 1.0: train.distill_weight),
 #   TOPK_WEIGHT (default 0: train.distill_topk), HIDDEN (default 512: the decoder's hidden units), EPOCHS
-#   (default 6), SEED (default 0).
+#   (default 5), SEED (default 0).
 # Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint,
 # the teacher's file goes on from its last image.
 set -euo pipefail
@@ -37,7 +37,7 @@ $PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/mod
 source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
-  --set train.max_epochs="${EPOCHS:-6}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \
+  --set train.max_epochs="${EPOCHS:-5}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \
   --set train.distill="$OUT/teacher_train.jsonl" --set train.distill_weight="${WEIGHT:-1.0}" \
   --set train.distill_topk="${TOPK_WEIGHT:-0}"
 train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" --set train.scst=true \

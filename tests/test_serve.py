@@ -21,7 +21,8 @@ def png(size=(120, 80), mode="RGB", colour=None) -> bytes:
 @pytest.fixture(scope="module")
 def client(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in ("soft", "hard", "nic")}
+    kinds = ("soft", "hard", "nic", "spatial", "adaptive", "transformer")
+    models = {kind: untrained_model_file(root / f"{kind}.pt", kind) for kind in kinds}
     models["hard_argmax"] = untrained_model_file(root / "hard_argmax.pt", "hard", hard_inference="argmax")
     models["pair"] = save_model(root / "pair.pt", load_models([models["soft"], models["nic"]]))  # one file
     with TestClient(create_app(models, max_upload_mb=0.5, max_pixels=4_000_000)) as c:
@@ -42,7 +43,7 @@ def test_page_models_and_samples(client):
     assert client.get(f"/samples/{samples[0]}").headers["content-type"] == "image/jpeg"
 
 
-@pytest.mark.parametrize("kind", ["soft", "hard", "hard_argmax", "nic"])
+@pytest.mark.parametrize("kind", ["soft", "hard", "hard_argmax", "nic", "spatial", "adaptive", "transformer"])
 def test_caption_an_upload_with_each_model(client, kind):
     r = caption(client, files={"file": ("photo.png", png(), "image/png")}, model=kind, beam_size=3)
     assert r.status_code == 200, r.text
@@ -54,7 +55,10 @@ def test_caption_an_upload_with_each_model(client, kind):
         assert body["attention"] is None and body["grid"] is None
     else:  # one g x g map per word (the tiny encoder's grid is 4 x 4)
         assert body["grid"] == 4 and len(body["attention"]) == len(body["tokens"])
-        assert all(len(a) == 16 and abs(sum(a) - 1) < 1e-4 for a in body["attention"])
+        # each map sums to 1, but adaptive attention's, which sums to how much the word looked (1 - beta)
+        looked = body["looked"] or [1.0] * len(body["tokens"])
+        assert all(len(a) == 16 and abs(sum(a) - s) < 1e-3 for a, s in zip(body["attention"], looked, strict=True))
+    assert (body["looked"] is not None) == (kind == "adaptive")
     assert (body["locations"] is not None) == (kind == "hard_argmax")  # the expected context uses no one cell
     if kind == "hard_argmax":
         assert len(body["locations"]) == len(body["tokens"])

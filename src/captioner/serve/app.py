@@ -7,6 +7,7 @@
     POST /api/caption      multipart form: file (an image) or sample (a sample's name); model; beam_size
                            (default: the model's decode.beam_size)
                            -> caption, tokens, score, attention grids (one g x g map per word) or null
+                              (and ``looked``, 1 - beta_t per word, for adaptive attention, else null)
 
 Every problem with a request is a 4xx JSON answer ``{"error": "..."}``: a missing or unknown model or sample,
 a bad beam size, an empty, non-image, corrupt or oversize upload. Each model is a
@@ -224,7 +225,7 @@ def _caption(batcher: Batcher, name: str, image, source: str, beam: int | None) 
         "beam_size": beam or cap.model.config.decode.beam_size, "reranked": cap.reranker is not None,
         "source": source, "width": image.width, "height": image.height,
         "grid": round(len(attention[0]) ** 0.5) if attention else None, "attention": attention,
-        "locations": out.get("locations"), "preview": _preview(image),
+        "locations": out.get("locations"), "looked": out.get("looked"), "preview": _preview(image),
         "seconds": round(time.perf_counter() - start, 3),
     }
 

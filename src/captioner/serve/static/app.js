@@ -62,7 +62,9 @@ async function show(answer) {
     `(${answer.model_type}) · beam ${answer.beam_size} · log-prob ${answer.score.toFixed(2)} · ${answer.seconds} s`;
   $("hint").textContent = answer.attention
     ? (answer.locations ? "Hard attention: hover or click a word to see the location it used and its α map."
-                        : "Hover or click a word to see where the model looked (its α map).")
+       : answer.looked ? "Hover or click a word to see where the model looked and how much (1 − β: the rest of " +
+                         "its attention went to the language model's sentinel)."
+       : "Hover or click a word to see where the model looked (its α map).")
     : `This model (${answer.model_type}) has no attention map: one image vector conditions every word.`;
   const words = $("words");
   words.replaceChildren();
@@ -70,6 +72,7 @@ async function show(answer) {
     const span = document.createElement("span");
     span.className = "word";
     span.textContent = token;
+    if (answer.looked) span.title = `looked at the image: 1 − β = ${answer.looked[i].toFixed(2)}`;
     span.dataset.index = String(i);
     if (answer.attention) {
       span.addEventListener("mouseenter", () => select(i));
