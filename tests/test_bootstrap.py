@@ -92,3 +92,26 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none.json: cannot read it" in err
+
+
+def test_report_table_has_a_row_per_report_with_its_intervals(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("report_table", Path(__file__).parents[1] / "tools" / "report_table.py")
+    report_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report_table)
+    rng, refs = _corpus(200)
+    good = {k: v[0] for k, v in refs.items()}  # one of its references: a real gain
+    noise = {k: " ".join(rng.choice(WORDS) for _ in range(8)) for k in refs}
+    a, corpus_a = _report(tmp_path / "a.json", noise, refs)
+    b, corpus_b = _report(tmp_path / "b.json", good, refs)
+    report_table.main([f"baseline={a}", f"better={b}", str(a), "--resamples", "200", "--tokenizer", "python"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[2].startswith("| baseline | ") and lines[3].startswith("| better | ")
+    cells = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert cells[4] == f"{100 * corpus_b['BLEU-4']:.1f}" and cells[7] == f"{100 * corpus_b['CIDEr-D']:.1f}"
+    assert cells[8].startswith("+") and "(noise)" not in cells[8]  # BLEU-4 vs baseline: significant
+    assert lines[4].startswith(f"| {a} | ") and lines[4].endswith("(noise) |")  # the baseline against itself
+    with pytest.raises(SystemExit, match="report_table.py: .*missing.json"):
+        report_table.main([str(a), str(tmp_path / "missing.json")])

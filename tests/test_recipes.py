@@ -93,3 +93,23 @@ def test_the_dry_run_needs_a_dataset_folder(tmp_path):
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"best_recipe.sh: {tmp_path / 'nowhere'}: unrecognised dataset")
+
+
+@pytest.mark.slow
+def test_decoder_families_runs_every_stage_and_writes_its_table(tmp_path):
+    data = make_synth(tmp_path / "synth", n_train=60, n_val=10, n_test=2, size=32)
+    out = tmp_path / "families"
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": "synth_%s", "TYPES": "soft adaptive", "EPOCHS": "1",
+           "EVAL_ARGS": "--no-meteor --tokenizer python", "CAPTIONER_CACHE": str(tmp_path / "cache")}
+    run = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for stage in ("lite0_soft", "lite0_soft_scst", "lite0_adaptive", "lite0_adaptive_scst"):
+        assert (out / stage / "model.pt").is_file() and (out / stage / "val.json").is_file()
+    table = (out / "table.md").read_text()
+    assert "| lite0 soft | " in table and "| lite0 adaptive + SCST | " in table
+    assert table.count("[") == 4  # the adaptive rows against soft: BLEU-4 and CIDEr-D intervals, both stages
+    assert "| lite0_adaptive_scst | " in table  # seconds per epoch
+    again = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
+                           text=True, timeout=600, env=env)
+    assert again.returncode == 0 and "done before" in again.stdout  # resumable: nothing trained twice

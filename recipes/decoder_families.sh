@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The decoder families side by side: soft attention (Xu et al. 2015), spatial and adaptive attention (Lu et al.
+# 2017) and a transformer, on the same features, each trained with cross-entropy, then one SCST epoch.
+# Stages (each one's output in OUT), for each FEATURES and TYPE:
+#   FEATURES_TYPE            cross-entropy from scratch (config TYPE_lite0), up to EPOCHS epochs, the best on
+#                            decoded val CIDEr-D
+#   FEATURES_TYPE_scst       + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline)
+#   FEATURES_TYPE*/val.json  scored on val at beam 5, length penalty 1.0, trigram blocking
+#   table.md                 every run's scores, its BLEU-4 / CIDEr-D against the soft decoder of the same
+#                            features and stage (paired bootstrap), and its seconds per training epoch
+# FEATURES: lite0 (the frozen ImageNet EfficientNet-Lite0 of the results table) and, with LITE2_ENCODER, lite2
+# (the shipped model's fine-tuned EfficientNet-Lite2 frozen as a weights file: encoder.pth of
+# recipes/best_recipe.sh's OUT).
+# Usage: recipes/decoder_families.sh DATA OUT
+# Environment: PYTHON (default python3), TYPES (default "soft spatial adaptive transformer"), LITE2_ENCODER (a
+#   weights file; default none: lite0 only), EPOCHS (default 10), SEED (default 0), CONFIG (default %s_lite0:
+#   the config of each TYPE, a printf pattern; synth_%s runs the recipe on `captioner synth` data in a minute),
+#   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java).
+# Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint.
+set -euo pipefail
+if [ $# -ne 2 ]; then echo "usage: $0 DATA OUT" >&2; exit 2; fi
+PY=${PYTHON:-python3}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+DATA=$(realpath "$1")
+mkdir -p "$2"
+OUT=$(realpath "$2")
+TYPES=(${TYPES:-soft spatial adaptive transformer})
+FEATURES=(lite0)
+if [ -n "${LITE2_ENCODER:-}" ]; then
+  [ -f "$LITE2_ENCODER" ] || { echo "decoder_families.sh: $LITE2_ENCODER: no such weights file" >&2; exit 1; }
+  LITE2_ENCODER=$(realpath "$LITE2_ENCODER")
+  FEATURES+=(lite2)
+fi
+cd "$OUT"
+
+# shellcheck source=recipes/lib.sh
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
+encoder_settings() {  # the features' encoder, as --set arguments
+  if [ "$1" = lite2 ]; then
+    echo --set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$LITE2_ENCODER"
+  fi
+}
+SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
+      --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
+      --set train.max_epochs=1 --set train.warmup_steps=0)
+for features in "${FEATURES[@]}"; do
+  for type in "${TYPES[@]}"; do
+    name=${features}_$type
+    # shellcheck disable=SC2059
+    config=$(printf "${CONFIG:-%s_lite0}" "$type")
+    # shellcheck disable=SC2046
+    train "$name" --config "$config" $(encoder_settings "$features") --set train.seed="${SEED:-0}" \
+      --set train.max_epochs="${EPOCHS:-10}" --set train.monitor=cider
+    train "${name}_scst" --config "$name/config.yaml" --set train.init_from="$name/model.pt" "${SCST[@]}"
+    for stage in "$name" "${name}_scst"; do
+      [ -f "$stage/val.json" ] || $PY -m captioner.cli evaluate --model "$stage/model.pt" --data "$DATA" \
+        --split val --beam-size 5 --set decode.length_penalty=1.0 --set decode.block_ngram=3 --no-progress \
+        --out "$stage/val.json" ${EVAL_ARGS:-}
+    done
+  done
+done
+
+# the table: each run against the soft decoder of its features and stage, with its training time per epoch
+{
+  for features in "${FEATURES[@]}"; do
+    for stage in "" _scst; do
+      rows=()
+      for type in "${TYPES[@]}"; do rows+=("$features $type${stage:+ + SCST}=${features}_$type$stage/val.json"); done
+      echo
+      $PY "$REPO/tools/report_table.py" "${rows[@]}"
+    done
+  done
+  echo
+  echo "| run | seconds per training epoch |"
+  echo "|---|---|"
+  for run in */logs/metrics.csv; do
+    $PY - "$run" <<'EOF'
+import csv
+import sys
+
+times = [float(r["time/epoch_s"]) for r in csv.DictReader(open(sys.argv[1])) if r.get("time/epoch_s")]
+if times:
+    print(f"| {sys.argv[1].split('/')[0]} | {sum(times) / len(times):.0f} ({len(times)} epochs) |")
+EOF
+  done
+} > table.md.tmp && mv table.md.tmp table.md
+echo "written: $OUT/table.md"
