@@ -13,6 +13,13 @@ is reported, and each model's time as a ratio to the first one's.
 
     python benchmarks/caption.py --library ../shared/data/flickr8k --images 1000
 
+    python benchmarks/caption.py --decoding-costs ../shared/data/flickr8k [--model A.pt]
+
+What the best recipe's run-time techniques cost one model, in ms per photo after loading: the model as it
+is, with test-time flip (``flip=True``: each photo and its mirror image), with consensus reranking (the
+dataset's training captions; their images' features are computed once first, not timed), and with both,
+taking turns on the sample photos as above.
+
 A photo library: `captioner caption FOLDER --output captions.jsonl` on the first N val JPEGs of a dataset, with
 the encoder on torch and on ONNX Runtime, side by side with the encoder's raw PyTorch forward on the same
 photos already in memory (batch 32); images/s of each (start-up included for the commands), and how many
@@ -52,7 +59,12 @@ def main() -> None:
     p.add_argument("--starts", type=int, default=5, help="cold starts of each kind, taken in turns")
     p.add_argument("--library", type=Path, metavar="DATA", help="a dataset whose val images to caption as a folder")
     p.add_argument("--images", type=int, default=1000, help="with --library: how many")
+    p.add_argument("--decoding-costs", type=Path, metavar="DATA",
+                   help="time flip and consensus reranking (DATA's training captions) against plain decoding")
     args = p.parse_args()
+    if args.decoding_costs:
+        decoding_costs(args.model[0] if args.model else None, args.decoding_costs, args.rounds)
+        return
     if args.library or args.quick:
         library(args.library, 24 if args.quick else args.images, args.quick)
         if args.library:
@@ -90,6 +102,31 @@ def main() -> None:
         print(f"  {path} ({n} decoder{'s' if n > 1 else ''}, {mb:.1f} MB): {median * 1000:.0f} ms "
               f"({median / len(photos) * 1000:.0f} ms/photo), {median / first:.2f}x the first")
     print(f"matmul rate in this run {rate / 1e9:.1f} GFLOP/s; peak RSS {peak_rss_mb():.0f} MB")
+
+
+def decoding_costs(model: Path | None, data: Path, rounds: int) -> None:
+    """ms per photo of plain decoding, test-time flip, consensus reranking and both, in turns."""
+    import captioner
+
+    torch.set_num_threads(2)
+    photos = sorted(SAMPLES.glob("*.jpg"))
+    plain = captioner.load(model, device="cpu")
+    reranked = captioner.load(model, device="cpu", consensus=data)  # the training images' features: once
+    variants = {"as it is": (plain, {}), "+ flip": (plain, {"flip": True}), "+ consensus": (reranked, {}),
+                "+ flip + consensus": (reranked, {"flip": True})}
+    for cap, settings in variants.values():
+        cap(photos, **settings)  # warm-up
+    times = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (cap, settings) in variants.items():
+            start = time.perf_counter()
+            cap(photos, **settings)
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["as it is"])
+    print(f"{len(photos)} photos, {model or 'the shipped model'}, median of {rounds} rounds taken in turns:")
+    for name, spent in times.items():
+        median = statistics.median(spent)
+        print(f"  {name}: {median / len(photos) * 1000:.0f} ms/photo ({median / base:.2f}x)")
 
 
 def library(data: Path | None, n: int, quick: bool) -> None:

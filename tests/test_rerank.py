@@ -203,3 +203,18 @@ def test_the_signals_script_tables_the_oracle_and_every_weight(synth, tmp_path):
     # every weight 0: plain beam search, the row the consensus study prints for weight 0
     _, plain = table("consensus_study.py", "--k", "30", "--weights", "0")
     assert rows[1][4:] == plain[0][4:]
+
+
+def test_flip_for_one_call_of_a_consensus_captioner(synth, tmp_path, monkeypatch):
+    import captioner
+
+    data, model, cache = synth
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(photo)
+    cap = captioner.load(model, device="cpu", consensus=data)
+    flipped = cap(photo, flip=True)  # the features come as two views: the neighbours are the plain view's
+    assert flipped.error is None and flipped.text
+    assert cap(photo).text  # and back to one view
+    both = captioner.load(model, device="cpu", consensus=data, flip=True)
+    assert both(photo).text == flipped.text

@@ -59,7 +59,7 @@ class ConsensusReranker:
         """For each image of the batch, the rows of its ``k`` most similar training images, most similar first.
         ``exclude``: per image, rows it may not take (e.g. its own, when a training image is captioned: its own
         captions would be read as its neighbours'); it then gets the k most similar of the others."""
-        query = F.normalize(feats[self.key].float(), dim=1).cpu()  # [B, D]
+        query = F.normalize(self._query(feats).float(), dim=1).cpu()  # [B, D]
         k = min(self.k, self.index.size(0))
         similarity = query @ self.index.T  # [B, N]
         if exclude is None:
@@ -71,6 +71,14 @@ class ConsensusReranker:
         values, indices = similarity.topk(k, dim=1)  # [B, k]
         return [[j for j, v in zip(row, vals, strict=True) if v != float("-inf")]
                 for row, vals in zip(indices.tolist(), values.tolist(), strict=True)]
+
+    def _query(self, feats: dict[str, Tensor]) -> Tensor:
+        """The images' global features that the index was made from: ``key``, or group 0's when the features
+        came grouped (decode.flip switched on for one call of a single-encoder model: "0.global")."""
+        for key in (self.key, "0.global"):
+            if key in feats:
+                return feats[key]
+        raise KeyError(f"consensus reranking: no {self.key!r} among the features ({', '.join(feats)})")
 
     def _expected_agreement(self, beam_words: list[list[str]], probs: Tensor) -> Tensor:
         """[K] each beam's CIDEr-D against every other beam, weighted by the other's probability ``probs``."""
