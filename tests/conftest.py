@@ -97,3 +97,17 @@ def as_original_flickr8k(reference: Path, out: Path) -> Path:
     for split, name in [("train", "train"), ("val", "dev"), ("test", "test")]:
         shutil.copy(reference / "splits" / f"{split}.txt", text / f"Flickr_8k.{name}Images.txt")
     return out
+
+
+def shuffled_baseline(report: dict) -> dict:
+    """Scores of an evaluate report's captions when every image gets the generated caption of another image:
+    what a model that ignores the image would score (training tests must beat it)."""
+    import random
+
+    from captioner.metrics.coco import score_corpus
+
+    caps = [c["caption"] for c in report["captions"]]
+    random.Random(0).shuffle(caps)
+    cands = {c["image"]: cap for c, cap in zip(report["captions"], caps, strict=True)}
+    refs = {c["image"]: c["references"] for c in report["captions"]}
+    return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]

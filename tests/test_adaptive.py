@@ -4,7 +4,6 @@ The per-step checks every decoder gets (teacher forcing = stepping, batched beam
 over these two kinds too, in test_decoders.py and test_decoding.py.
 """
 
-import random
 
 import numpy as np
 import pytest
@@ -19,10 +18,16 @@ from captioner.decoders.ensemble import EnsembleDecoder
 from captioner.decoding import beam_search
 from captioner.evaluation import evaluate
 from captioner.features import load_features
-from captioner.metrics.coco import score_corpus
 from captioner.training.train import train
 from captioner.viz.attention import attention_figure
-from conftest import LOCATIONS, random_captions, random_feats, small_decoder, untrained_model_file
+from conftest import (
+    LOCATIONS,
+    random_captions,
+    random_feats,
+    shuffled_baseline,
+    small_decoder,
+    untrained_model_file,
+)
 
 KINDS = ["spatial", "adaptive"]
 FUNCTION_WORDS = {"a", "the", "of", "to", "is", "there"}  # the synthetic captions' words that name nothing
@@ -165,22 +170,13 @@ def trained(synth, tmp_path_factory):
     return load_model(train(cfg, synth, root / "adaptive", cache_root=root / "cache", progress=False)), root / "cache"
 
 
-def _shuffled_baseline(report: dict) -> dict:
-    """Scores when every image gets the generated caption of another image."""
-    caps = [c["caption"] for c in report["captions"]]
-    random.Random(0).shuffle(caps)
-    cands = {c["image"]: cap for c, cap in zip(report["captions"], caps, strict=True)}
-    refs = {c["image"]: c["references"] for c in report["captions"]}
-    return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]
-
-
 def test_spatial_attention_learns_above_shuffled_captions_in_a_few_seconds(tmp_path):
     data = make_synth(tmp_path / "synth", n_train=200, n_val=10, n_test=40, seed=1)
     cfg = load_config("synth_spatial", ["train.max_epochs=3"])
     model = load_model(train(cfg, data, tmp_path / "run", cache_root=tmp_path / "cache", progress=False))
     report = evaluate(model, data, "test", beam_size=3, cache_root=tmp_path / "cache", tokenizer="python",
                       metrics=("bleu", "cider"), progress=False)
-    base = _shuffled_baseline(report)
+    base = shuffled_baseline(report)
     assert report["metrics"]["BLEU-4"] >= base["BLEU-4"] + 0.04
     assert report["metrics"]["CIDEr-D"] >= 1.2 * base["CIDEr-D"]
 
@@ -190,7 +186,7 @@ def test_adaptive_learns_far_above_shuffled_captions(trained, synth):
     model, cache = trained
     report = evaluate(model, synth, "test", beam_size=3, cache_root=cache, tokenizer="python",
                       metrics=("bleu", "cider"), progress=False)
-    base = _shuffled_baseline(report)
+    base = shuffled_baseline(report)
     bleu4, cider = report["metrics"]["BLEU-4"], report["metrics"]["CIDEr-D"]
     print(f"adaptive: BLEU-4 {bleu4:.3f} CIDEr-D {cider:.2f}; shuffled: {base['BLEU-4']:.3f} {base['CIDEr-D']:.2f}")
     assert bleu4 >= base["BLEU-4"] + 0.05

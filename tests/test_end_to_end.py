@@ -1,7 +1,6 @@
 """End to end on the synthetic shapes: each model learns, and attention looks at the object being named."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -12,8 +11,8 @@ from captioner.data.synth import load_objects, make_synth
 from captioner.decoding import beam_search
 from captioner.evaluation import evaluate
 from captioner.features import load_features
-from captioner.metrics.coco import score_corpus
 from captioner.training.train import train
+from conftest import shuffled_baseline
 
 pytestmark = pytest.mark.slow
 COLOURS = {"red", "green", "blue", "yellow"}
@@ -34,15 +33,6 @@ def trained(synth, tmp_path_factory):
         cfg = load_config(f"synth_{kind}")
         models[kind] = train(cfg, synth, root / kind, cache_root=root / "cache", progress=False)
     return models, root / "cache"
-
-
-def shuffled_baseline(report: dict) -> dict:
-    """Scores when every image gets the generated caption of another image."""
-    caps = [c["caption"] for c in report["captions"]]
-    random.Random(0).shuffle(caps)
-    cands = {c["image"]: cap for c, cap in zip(report["captions"], caps, strict=True)}
-    refs = {c["image"]: c["references"] for c in report["captions"]}
-    return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]
 
 
 @pytest.mark.parametrize("kind", ["nic", "soft", "hard", "updown"])

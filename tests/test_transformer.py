@@ -1,7 +1,6 @@
 """The transformer decoder: teacher forcing = word-by-word decoding with the key/value cache, beam search over
 the cache, learning-rate warm-up, a short training run on the synthetic shapes, model files."""
 
-import random
 
 import lightning as L
 import pytest
@@ -16,7 +15,7 @@ from captioner.decoders.transformer import TransformerDecoder
 from captioner.decoding import beam_search
 from captioner.model import CaptionModel
 from captioner.training.module import CaptionModule
-from conftest import GLOBAL_DIM, GRID_DIM, LOCATIONS, VOCAB, random_captions, random_feats
+from conftest import GLOBAL_DIM, GRID_DIM, LOCATIONS, VOCAB, random_captions, random_feats, shuffled_baseline
 
 START, END = 1, 2
 TIED = {"embed_dim": 32}  # = hidden_dim: the output layer is the embedding matrix
@@ -165,15 +164,6 @@ def test_warm_up_in_training(warmup_steps):
 
 
 # ---- training and model files -------------------------------------------------------------------
-def _shuffled_baseline(report: dict) -> dict:
-    """Scores when every image gets the generated caption of another image."""
-    from captioner.metrics.coco import score_corpus
-
-    caps = [c["caption"] for c in report["captions"]]
-    random.Random(0).shuffle(caps)
-    cands = {c["image"]: cap for c, cap in zip(report["captions"], caps, strict=True)}
-    refs = {c["image"]: c["references"] for c in report["captions"]}
-    return score_corpus(cands, refs, metrics=("bleu", "cider"), tokenizer="python")[0]
 
 
 @pytest.mark.slow
@@ -188,7 +178,7 @@ def test_short_training_run_learns_the_images(tmp_path):
     path = train(cfg, data, tmp_path / "run", cache_root=tmp_path / "cache", progress=False)
     report = evaluate(load_model(path), data, "test", beam_size=3, cache_root=tmp_path / "cache",
                       tokenizer="python", metrics=("bleu", "cider"), out=tmp_path / "report.json", progress=False)
-    base = _shuffled_baseline(report)
+    base = shuffled_baseline(report)
     assert report["metrics"]["BLEU-4"] >= base["BLEU-4"] + 0.05
     assert report["metrics"]["CIDEr-D"] >= 1.3 * base["CIDEr-D"]
 
