@@ -116,11 +116,8 @@ if [ ! -f lite0_pair.pt ]; then  # written whole, then renamed: an interrupted c
 fi
 
 # shellcheck source=recipes/lib.sh
-source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST settings
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
-SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
-      --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
-      --set train.max_epochs=1)
 SEEDED=(--set train.seed="${SEED:-0}")
 train smooth --config soft_lite0 "${ENC[@]}" "${SEEDED[@]}" --set train.label_smoothing=0.1 --set train.max_epochs=5 \
   --set train.monitor=cider

@@ -34,15 +34,12 @@ fi
 cd "$OUT"
 
 # shellcheck source=recipes/lib.sh
-source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST settings
 encoder_settings() {  # the features' encoder, as --set arguments
   if [ "$1" = lite2 ]; then
     echo --set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$LITE2_ENCODER"
   fi
 }
-SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
-      --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
-      --set train.max_epochs=1 --set train.warmup_steps=0)
 for features in "${FEATURES[@]}"; do
   for type in "${TYPES[@]}"; do
     name=${features}_$type

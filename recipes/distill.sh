@@ -34,15 +34,13 @@ $PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/mod
   --set decode.ensemble_mean=logprob --set decode.flip=true
 
 # shellcheck source=recipes/lib.sh
-source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST settings
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
   --set train.max_epochs="${EPOCHS:-5}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \
   --set train.distill="$OUT/teacher_train.jsonl" --set train.distill_weight="${WEIGHT:-1.0}" \
   --set train.distill_topk="${TOPK_WEIGHT:-0}"
-train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" --set train.scst=true \
-  --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean --set train.scst_max_len=16 \
-  --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null --set train.max_epochs=1
+train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" "${SCST[@]}"
 for stage in "$NAME" "${NAME}_scst"; do
   [ -f "$stage/val.json" ] || $PY -m captioner.cli evaluate --model "$stage/model.pt" --data "$DATA" --split val \
     --beam-size 5 --set decode.length_penalty=1.0 --set decode.block_ngram=3 --no-progress --out "$stage/val.json"
