@@ -110,6 +110,9 @@ def run(args: argparse.Namespace, command: str) -> None:
               "settings": settings(model, beam_size, max_len, args.topk), "split": args.split,
               "vocab": list(model.vocab.itos)}  # what the word ids of "tokens" and "topk" mean
     has_header, done = resume(out, header)
+    if has_header and args.limit is None and split_images(args.data, args.split) <= done:
+        print(f"all images of {args.split} in {out} already", file=sys.stderr)  # (before the features and the
+        return  # consensus index are loaded: they take minutes)
 
     chosen, feats, failed = features.split_features(model, args.data, args.split, args.cache, args.limit,
                                                     not args.no_progress)
@@ -210,6 +213,13 @@ def append(f, records: list[dict]) -> None:
         f.write("".join(json.dumps(r) + "\n" for r in records))
         f.flush()
         os.fsync(f.fileno())
+
+
+def split_images(data: str, split: str) -> set[str]:
+    """The names of the split's images."""
+    from captioner.data.readers import load_dataset
+
+    return {r.name for r in load_dataset(data).split(split)}
 
 
 def unreadable(data: str, split: str, names: list[str]) -> list[dict]:

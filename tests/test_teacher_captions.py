@@ -1,6 +1,6 @@
 """recipes/teacher_captions.py: the teacher's captions are what evaluate decodes (ensemble across encoders, flip,
 logprob), consensus reranking never takes an image as its own neighbour, a killed run resumes with every image
-once, another header is refused in one line, and the top-k words are the ensemble's distribution."""
+once (and a complete file returns at once), another header is refused in one line, and the top-k words are the ensemble's distribution."""
 
 import importlib.util
 import json
@@ -124,7 +124,7 @@ def test_excluded_rows_are_never_neighbours_and_the_default_is_unchanged():
     assert reranker.neighbours(query, [[0, 1, 2], [2]]) == [[], [1, 0]]  # fewer than k left: what is left
 
 
-def test_a_killed_run_resumes_with_every_image_once(files, tmp_path):
+def test_a_killed_run_resumes_with_every_image_once(files, tmp_path, monkeypatch):
     _, _, a, _, _ = files
     data = make_synth(tmp_path / "synth", n_train=7, n_val=2, n_test=1, size=32, seed=3)
     train = (data / "splits" / "train.txt").read_text().split()
@@ -139,6 +139,11 @@ def test_a_killed_run_resumes_with_every_image_once(files, tmp_path):
     header, records = run_teacher(local, out, "--model", a, "--topk", "2", "--batch", "2")
     assert sorted(r["image"] for r in records) == sorted(train)
     assert header["header"] and sum(1 for line in out.read_text().splitlines() if '"header"' in line) == 1
+    before = out.read_bytes()
+    with monkeypatch.context() as m:  # a complete file: done before any feature is read
+        m.setattr(teacher.features, "split_features", lambda *a, **k: pytest.fail("features read again"))
+        run_teacher(local, out, "--model", a, "--topk", "2")
+    assert out.read_bytes() == before
     _, whole = run_teacher(local, tmp_path / "whole.jsonl", "--model", a, "--topk", "2")
     by_image = {r["image"]: r for r in whole}  # (scores: the same up to float rounding in other batch sizes)
     for r in records:
