@@ -111,7 +111,10 @@ def decoding_costs(model: Path | None, data: Path, rounds: int) -> None:
     torch.set_num_threads(2)
     photos = sorted(SAMPLES.glob("*.jpg"))
     plain = captioner.load(model, device="cpu")
+    start = time.perf_counter()
     reranked = captioner.load(model, device="cpu", consensus=data)  # the training images' features: once
+    print(f"consensus index of {data} ready in {time.perf_counter() - start:.0f} s; timing", file=sys.stderr,
+          flush=True)
     variants = {"as it is": (plain, {}), "+ flip": (plain, {"flip": True}), "+ consensus": (reranked, {}),
                 "+ flip + consensus": (reranked, {"flip": True})}
     for cap, settings in variants.values():

@@ -214,7 +214,8 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
         val_set = ImageFileBatches([paths[i] for i in val_rows], encoder.preprocess, val_keys)
     else:
         features = cache.streamed()  # rows read per batch from the memory-mapped cache, however large it is
-        mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress) if t.flip else None
+        mirrored = _mirrored_rows(cfg, dataset, records, cache, cache_root, progress) \
+            if t.flip and not t.scst else None  # (SCST samples from the plain images)
         train_set = CaptionBatches(features, captions, owners, mirrored, weights, soft)
         if t.scst:  # SCST samples captions per image and scores them against all its references
             train_set = ImageBatches(features, train_rows, [r.name for r in train_records])
