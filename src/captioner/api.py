@@ -14,7 +14,7 @@ ModelSpec = str | Path | Sequence[str | Path] | None
 
 
 def load(model: ModelSpec = None, *, device: str = "auto", backend: str = "auto",
-         consensus: str | Path | None = None, member: int | None = None, **settings) -> Captioner:
+         consensus: str | Path | bool | None = None, member: int | None = None, **settings) -> Captioner:
     """A :class:`~captioner.captioning.Captioner` for a model, ready to caption images.
 
     Args:
@@ -27,7 +27,9 @@ def load(model: ModelSpec = None, *, device: str = "auto", backend: str = "auto"
             once into the cache; several times faster on a CPU, same captions); ``"auto"``: onnx on a CPU where
             onnxruntime is installed, else torch.
         consensus: a dataset (any layout ``captioner train --data`` reads) whose training captions rerank the
-            final beams (consensus reranking; the training images' features are computed once and cached).
+            final beams (consensus reranking; the training images' features are computed once and cached);
+            ``True``: rerank with the index the model file carries (``captioner export --consensus DATA``; a
+            file that carries one reranks by default); ``False``: do not rerank.
         member: caption with the Nth decoder of an ensemble alone (counting from 1).
         **settings: decoding settings stored as its defaults for every call: ``beam_size``, ``max_len``,
             ``length_penalty``, ``block_ngram``, ``repetition_penalty``, ``ban_unk``, ``hard_inference``
@@ -57,16 +59,26 @@ def load(model: ModelSpec = None, *, device: str = "auto", backend: str = "auto"
     loaded = loaded.to(where)
     if overrides:
         loaded = with_settings(loaded, overrides)
-    reranker = None
-    if consensus is not None:
-        from captioner.model_features import consensus_reranker
+    return Captioner(loaded, _reranker(loaded, consensus), backend=pick_backend(backend, where))
 
-        loaded = with_settings(loaded, ["decode.consensus=true"])
-        reranker = consensus_reranker(loaded, consensus, progress=False)
-    elif loaded.config.decode.consensus:
-        raise CaptionerError("consensus reranking needs the training captions of a dataset: "
-                             "captioner.load(..., consensus=DATA)")
-    return Captioner(loaded, reranker, backend=pick_backend(backend, where))
+
+def _reranker(model, consensus: str | Path | bool | None):
+    """The consensus reranker ``load(consensus=...)`` asks for: over a dataset's training split; over the index
+    the model file carries (whether or not it reranks by default: a call may switch it on); none (False)."""
+    from captioner.model import with_settings
+    from captioner.model_features import consensus_reranker
+
+    if consensus is False:
+        with_settings(model, ["decode.consensus=false"])
+        return None
+    if consensus is not None and consensus is not True:
+        with_settings(model, ["decode.consensus=true"])
+        return consensus_reranker(model, consensus, progress=False)
+    if consensus is True:
+        with_settings(model, ["decode.consensus=true"])
+    if model.consensus_index is not None or model.config.decode.consensus:
+        return consensus_reranker(model)  # (no index and no data: a one-line error)
+    return None
 
 
 def _model_paths(model: ModelSpec, default) -> list[Path]:

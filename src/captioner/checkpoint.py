@@ -8,6 +8,8 @@ Everything in a model file is tensors, numbers, strings, lists and dicts, so it 
 travels inside the model, so a model can never be paired with the wrong word list.
 """
 
+import json
+import lzma
 import pickle
 from pathlib import Path
 
@@ -55,8 +57,10 @@ def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_e
         "metrics": dict(model.metrics),
         "encoder_state_dict": encoder_state,
         **({"encoder_int8_scales": encoder_scales} if int8_encoder else {}),
+        **({"consensus": pack_consensus(model.consensus_index)} if model.consensus_index else {}),
     }
-    if len(decoders) == 1 and not (int8_encoder or int8_decoder):  # the plain layout every version reads
+    if len(decoders) == 1 and not (int8_encoder or int8_decoder or model.consensus_index):  # the plain layout
+        # every version reads
         return torch_save_atomic(path, {"format": MODEL_FORMAT, **common, "state_dict": decoders[0]["state_dict"]})
     return torch_save_atomic(path, {"format": MODEL_FORMAT_2, **common, "decoders": decoders})
 
@@ -76,6 +80,30 @@ def quantize_int8(state: dict) -> tuple[dict, dict]:
             out[k] = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
             scales[k] = scale.flatten()  # [C]
     return out, scales
+
+
+def pack_consensus(index: dict) -> dict:
+    """A consensus index as stored: each image's global feature as a unit vector in int8 (one scale per row;
+    reranking compares directions only), the captions as LZMA-compressed JSON in a uint8 tensor (plain tensors
+    load with ``weights_only``)."""
+    unit = torch.nn.functional.normalize(index["features"].float(), dim=1)  # [N, D]
+    scales = unit.abs().amax(dim=1).clamp_min(1e-12) / 127  # [N]
+    text = lzma.compress(json.dumps([[" ".join(c) for c in caps] for caps in index["captions"]]).encode())
+    return {"features": torch.round(unit / scales[:, None]).to(torch.int8), "scales": scales,
+            "captions": torch.frombuffer(bytearray(text), dtype=torch.uint8), "source": str(index.get("source", ""))}
+
+
+def unpack_consensus(stored: dict, path: Path) -> dict:
+    """:func:`pack_consensus` undone: {"features": [N, D] float32, "captions": [N][captions][words], "source"}."""
+    try:
+        features = stored["features"].float() * stored["scales"].float()[:, None]
+        captions = json.loads(lzma.decompress(stored["captions"].numpy().tobytes()))
+    except (KeyError, TypeError, AttributeError, ValueError, lzma.LZMAError) as e:
+        raise file_error(path, f"its consensus index is damaged ({str(e).splitlines()[0][:120]})") from None
+    if len(captions) != features.size(0):
+        raise file_error(path, f"its consensus index has {features.size(0)} images but {len(captions)} caption lists")
+    return {"features": features, "captions": [[c.split() for c in caps] for caps in captions],
+            "source": stored.get("source", "")}
 
 
 def dequantize_int8(state: dict, scales: dict) -> dict:
@@ -162,12 +190,15 @@ def load_model(path: str | Path) -> CaptionModel:
                                    "global_dim": hp["global_dim"], "grid_dim": hp["grid_dim"]}
     if encoder_state is not None:
         encoder_state = {k: v.float() if v.is_floating_point() else v for k, v in encoder_state.items()}
+    index = unpack_consensus(obj["consensus"], path) if "consensus" in obj else None
     if len(decoders) == 1:
-        return CaptionModel(decoders[0], vocab, config, dict(encoder), dict(metrics), encoder_state)
+        return CaptionModel(decoders[0], vocab, config, dict(encoder), dict(metrics), encoder_state,
+                            consensus_index=index)
     from captioner.decoders.ensemble import EnsembleDecoder
 
     ensemble = EnsembleDecoder(decoders, mean=config.decode.ensemble_mean).eval()
-    return CaptionModel(ensemble, vocab, config, dict(encoder), dict(metrics), encoder_state, configs)
+    return CaptionModel(ensemble, vocab, config, dict(encoder), dict(metrics), encoder_state, configs,
+                        consensus_index=index)
 
 
 def load_models(paths: list[str | Path]) -> CaptionModel:

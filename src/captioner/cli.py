@@ -293,11 +293,18 @@ def cmd_export(args) -> None:
     if args.member:  # one decoder out of an ensemble
         model = model.member(args.member)
     check_one_encoder(model, out)
+    if args.consensus:  # the training split's captions and image features travel in the file; it reranks with
+        from captioner.model_features import consensus_index  # them unless --set decode.consensus=false
+
+        print(f"reading the consensus index of {args.consensus} ...", flush=True)
+        model.consensus_index = consensus_index(model, args.consensus, args.cache, progress=True)
+        model = with_settings(model, ["decode.consensus=true"])
     if args.set:  # decoding defaults stored with the model (e.g. a length penalty)
         model = with_settings(model, args.set)
-        if model.config.decode.consensus:
-            raise file_error(out, "decode.consensus is chosen per run (it needs a dataset's training captions: "
-                             "evaluate --set decode.consensus=true, caption --consensus DATA), not stored in a model")
+    if model.config.decode.consensus and model.consensus_index is None:
+        raise file_error(out, "decode.consensus needs a dataset's training captions: store them with "
+                         "--consensus DATA, or choose it per run (evaluate --set decode.consensus=true, caption "
+                         "--consensus DATA)")
     if args.embed_encoder and model.encoder_state is None:  # e.g. trained on a local weights file's features
         from captioner.model import model_encoder
 
@@ -307,7 +314,7 @@ def cmd_export(args) -> None:
                          "(fine-tuned, or add --embed-encoder)")
     path = save_model(out, model, half=args.half, int8_encoder=args.int8_encoder, int8_decoder=args.int8_decoder)
     kinds = [k for k, on in (("float16", args.half), ("int8 encoder", args.int8_encoder),
-                             ("int8 decoder", args.int8_decoder),
+                             ("int8 decoder", args.int8_decoder), ("consensus index", model.consensus_index),
                              (f"{len(sources)} decoders", len(model.member_configs) > 1)) if on]
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB{''.join(', ' + k for k in kinds)})")
 
@@ -504,6 +511,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--int8-decoder", action="store_true",
                    help="store the decoder's weight matrices in int8, one scale per output row (a quarter of "
                         "float32; measure the model after: docs/results.md)")
+    s.add_argument("--consensus", metavar="DATA", help="carry this dataset's training captions and their images' "
+                   "global features in the file (int8), and rerank with them by default (decode.consensus; "
+                   "--set decode.consensus=false carries them switched off)")
+    s.add_argument("--cache", help="feature cache root, for --consensus (default $CAPTIONER_CACHE, else "
+                   ".cache/captioner in the home folder)")
     add_decode_set(s)
     add_member(s, "write")
     s.set_defaults(func=cmd_export)

@@ -159,7 +159,8 @@ class DecodeConfig:
     block_ngram: int = 0  # n > 1: a caption never repeats an n-gram (3 stops "a man in a man in a ...")
     repetition_penalty: float = 0.0  # nats off a word's log-probability per earlier use in the caption
     # consensus reranking: choose among the beams by score + consensus_weight x CIDEr-D against the captions of
-    # the nearest training images; needs the training split (evaluate --data, caption/serve --consensus DATA)
+    # the nearest training images; needs the training split (evaluate --data, caption/serve --consensus DATA) or a
+    # model file that carries it (export --consensus DATA)
     consensus: bool = False
     consensus_k: int = 30  # consensus reranking: how many nearest training images' captions to compare with
     consensus_weight: float = 0.3  # consensus reranking: the weight of the CIDEr-D agreement in a beam's score

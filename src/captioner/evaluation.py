@@ -24,7 +24,9 @@ def evaluate(model: CaptionModel, data: str | Path, split: str = "val", beam_siz
     model's encoder already built, for a model that carries one (its features are computed, not cached).
     """
     chosen, feats, failed = split_features(model, data, split, cache_root, limit, progress, encoder)
-    reranker = consensus_reranker(model, data, cache_root, progress) if model.config.decode.consensus else None
+    reranker = None
+    if model.config.decode.consensus:  # with the index the model file carries, else the data's training split
+        reranker = consensus_reranker(model, None if model.consensus_index else data, cache_root, progress)
     return score_split(model, chosen, feats, failed, str(data), split, beam_size, max_len, out, tokenizer, metrics,
                        report_dir, reranker)
 

@@ -32,6 +32,10 @@ class CaptionModel:
     # an ensemble across encoders (:func:`join`): one of the model files it joins per distinct encoder;
     # the decoders of group j read feature group j ("j.grid", ...). Empty: one encoder for all.
     sources: list["CaptionModel"] = field(default_factory=list)
+    # consensus reranking's index, carried in the model file (``captioner export --consensus DATA``): a
+    # dataset's training images' global features {"features": [N, D] (the first encoder's), "captions": each
+    # image's tokenised captions, "source": where they came from}; None: rerank only with a dataset given
+    consensus_index: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -55,8 +59,10 @@ class CaptionModel:
                                  f"choose 1 to {len(parts)}")
         decoder, config = parts[n - 1]
         own = self.sources[self.decoder.feature_groups[n - 1]] if self.sources else self  # its encoder's file
+        first_group = not self.sources or self.decoder.feature_groups[n - 1] == 0  # (whose features the index holds)
         return CaptionModel(decoder, self.vocab, dataclasses.replace(config, decode=self.config.decode),
-                            own.encoder, dict(self.metrics), own.encoder_state)
+                            own.encoder, dict(self.metrics), own.encoder_state,
+                            consensus_index=self.consensus_index if first_group else None)
 
     def to(self, device: str | torch.device) -> "CaptionModel":
         """Move the decoder (and with it the encoder :func:`model_encoder` builds)."""
@@ -132,7 +138,8 @@ def join(models: list[CaptionModel], names: list[str] | None = None) -> CaptionM
                               mean=first.config.decode.ensemble_mean).eval()
     return CaptionModel(decoder, first.vocab, first.config, first.encoder, {"ensemble": [str(n) for n in names]},
                         encoder_state=first.encoder_state if one_encoder else None,
-                        member_configs=[c for _, c in parts], sources=[] if one_encoder else sources)
+                        member_configs=[c for _, c in parts], sources=[] if one_encoder else sources,
+                        consensus_index=first.consensus_index)
 
 
 def same_features(a: CaptionModel, b: CaptionModel) -> bool:

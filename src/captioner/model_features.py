@@ -92,18 +92,32 @@ def _common_images(parts: list[tuple]) -> tuple[list, list[dict], list[str]]:
     return chosen, aligned, sorted(unread)
 
 
-def consensus_reranker(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
+def consensus_reranker(model: CaptionModel, data: str | Path | None = None, cache_root: str | Path | None = None,
                        progress: bool = True):
     """The consensus reranker of ``model`` (settings ``decode.consensus_k`` / ``consensus_weight``) over the
-    training split of ``data``: its images' global features (an ensemble across encoders: its first file's
-    encoder's), and their captions."""
+    training split of ``data`` (:func:`consensus_index`), or, with no ``data``, over the index the model file
+    carries (``captioner export --consensus DATA``)."""
     from captioner.decoding.rerank import ConsensusReranker
 
+    index = consensus_index(model, data, cache_root, progress) if data is not None else model.consensus_index
+    if index is None:
+        raise CaptionerError("consensus reranking needs the training captions of a dataset: "
+                             "captioner.load(..., consensus=DATA), caption --consensus DATA, or a model file that "
+                             "carries them (captioner export --consensus DATA)")
+    d = model.config.decode
+    return ConsensusReranker(index["features"], index["captions"], k=d.consensus_k, weight=d.consensus_weight,
+                             key="0.global" if model.sources or d.flip else "global", mbr_weight=d.mbr_weight)
+
+
+def consensus_index(model: CaptionModel, data: str | Path, cache_root: str | Path | None = None,
+                    progress: bool = True) -> dict:
+    """What consensus reranking compares an image with: the training split of ``data``, its images' global
+    features (an ensemble across encoders: its first file's encoder's) and their captions, as
+    {"features": [N, D], "captions": [N][captions][words], "source"}."""
     first = model.sources[0] if model.sources else model
     chosen, index = _training_globals(first, data, cache_root, progress)
-    d = model.config.decode
-    return ConsensusReranker(index, [r.captions for r in chosen], k=d.consensus_k, weight=d.consensus_weight,
-                             key="0.global" if model.sources or d.flip else "global", mbr_weight=d.mbr_weight)
+    return {"features": index, "captions": [r.captions for r in chosen],
+            "source": f"the training split of {Path(data).name} ({len(chosen)} images)"}
 
 
 def _training_globals(model: CaptionModel, data: str | Path, cache_root: str | Path | None,
