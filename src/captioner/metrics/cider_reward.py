@@ -2,8 +2,10 @@
 training references, so that any batch of captions can be scored against any images.
 
 ``CiderD(refs).score(names, captions)`` equals pycocoevalcap's ``Cider().compute_score`` per image when both see
-the same corpus (tests/test_scst.py checks it). The references' tf-idf vectors are built once at start, so a
-batch costs only its candidates' vectors and the dot products.
+the same corpus (tests/test_scst.py checks it). The document frequencies are counted once at start and each
+image's reference tf-idf vectors built the first time it is scored against, so a batch costs only its
+candidates' vectors and the dot products (and consensus reranking, which reads a few neighbours' references
+per image, never builds the others').
 """
 
 import math
@@ -19,16 +21,20 @@ def ngrams(words: list[str]) -> Counter:
     return Counter(tuple(words[i : i + k]) for k in range(1, N + 1) for i in range(len(words) - k + 1))
 
 
+def ngram_set(captions: list[list[str]]) -> set[tuple]:
+    """The distinct n-grams (n = 1..4) of an image's captions: what its document frequency counts."""
+    return {tuple(w[i : i + k]) for w in captions for k in range(1, N + 1) for i in range(len(w) - k + 1)}
+
+
 class CiderD:
     def __init__(self, references: dict[str, list[list[str]]]):
         """``references``: image name -> its tokenised reference captions (the whole training split)."""
-        counts = {name: [ngrams(r) for r in refs] for name, refs in references.items()}
         self.df: defaultdict = defaultdict(float)
-        for refs in counts.values():
-            for gram in {g for r in refs for g in r}:
+        for refs in references.values():
+            for gram in ngram_set(refs):
                 self.df[gram] += 1
-        self.log_images = math.log(float(len(counts)))
-        self.refs = {name: [self._vector(c) for c in refs] for name, refs in counts.items()}
+        self.log_images = math.log(float(len(references)))
+        self.refs = ReferenceVectors(self, references)  # name -> its references' vectors, built when first read
 
     def _vector(self, counts: Counter) -> tuple[list[dict], list[float], int]:
         """tf-idf per n-gram order, the norms, and coco-caption's "length" (which counts bigrams)."""
@@ -67,3 +73,17 @@ class CiderD:
     def score(self, names: list[str], captions: list[list[str]]) -> np.ndarray:
         """CIDEr-D of each caption against the references of the image named beside it."""
         return np.array([self.score_one(n, c) for n, c in zip(names, captions, strict=True)])
+
+
+class ReferenceVectors(dict):
+    """``CiderD.refs``: image name -> its references' tf-idf vectors (:meth:`CiderD.vector`), each image's built
+    the first time it is read."""
+
+    def __init__(self, cider: CiderD, references: dict[str, list[list[str]]]):
+        super().__init__()
+        self.cider, self.references = cider, references
+
+    def __missing__(self, name: str) -> list:
+        vectors = [self.cider.vector(r) for r in self.references[name]]  # (KeyError: an unknown image)
+        self[name] = vectors
+        return vectors
