@@ -170,7 +170,10 @@ def test_a_model_file_carries_its_consensus_index(synth, tmp_path, monkeypatch):
     plain = captioner.load(model, device="cpu", max_len=8)(photos)
     assert from_file != [c.text for c in plain]  # (the index reranks)
     assert [c.text for c in captioner.load(carried, device="cpu", consensus=False)(photos)] == [c.text for c in plain]
-    assert captioner.load(carried, device="cpu").model.config.decode.consensus
+    cap = captioner.load(carried, device="cpu")
+    assert cap.model.config.decode.consensus
+    assert [c.text for c in cap(photos, consensus_weight=0)] == [c.text for c in plain]  # for this call only
+    assert [c.text for c in cap(photos)] == from_file
 
     def no_data(*args, **kwargs):
         raise AssertionError("read the data's training split")

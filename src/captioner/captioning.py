@@ -240,9 +240,18 @@ class Captioner:
                 if needs_reranker and self.model.config.decode.consensus and self.reranker is None:
                     raise CaptionerError("consensus reranking needs the training captions of a dataset: "
                                          "captioner.load(..., consensus=DATA)")
+                self._sync_reranker()
                 yield self.model
             finally:
                 _restore_decoding_state(self.model, saved)
+                self._sync_reranker()
+
+    def _sync_reranker(self) -> None:
+        """The reranker's k and weights as the model's decoding settings now say (a call may change them)."""
+        if self.reranker is not None:
+            d = self.model.config.decode
+            self.reranker.k, self.reranker.weight, self.reranker.mbr_weight = \
+                d.consensus_k, d.consensus_weight, d.mbr_weight
 
     # -- showing ---------------------------------------------------------------------------------------------
 
