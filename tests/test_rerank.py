@@ -175,6 +175,14 @@ def test_a_model_file_carries_its_consensus_index(synth, tmp_path, monkeypatch):
     assert [c.text for c in cap(photos, consensus_weight=0)] == [c.text for c in plain]  # for this call only
     assert [c.text for c in cap(photos)] == from_file
 
+    damaged = torch.load(carried, weights_only=True)
+    damaged["consensus"]["captions"] = damaged["consensus"]["captions"][:-100]  # cut short
+    torch.save(damaged, tmp_path / "damaged.pt")
+    run = run_cli("caption", "--model", str(tmp_path / "damaged.pt"), str(photos[0]))
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].endswith("damaged.pt: its consensus index is damaged (Compressed "
+                                                        "data ended before the end-of-stream marker was reached)")
+
     def no_data(*args, **kwargs):
         raise AssertionError("read the data's training split")
 

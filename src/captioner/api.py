@@ -71,7 +71,7 @@ def _reranker(model, consensus: str | Path | bool | None):
     if consensus is False:
         with_settings(model, ["decode.consensus=false"])
         return None
-    if consensus is not None and consensus is not True:
+    if isinstance(consensus, str | Path):
         with_settings(model, ["decode.consensus=true"])
         return consensus_reranker(model, consensus, progress=False)
     if consensus is True:

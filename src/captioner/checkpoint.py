@@ -59,8 +59,8 @@ def save_model(path: str | Path, model: CaptionModel, half: bool = False, int8_e
         **({"encoder_int8_scales": encoder_scales} if int8_encoder else {}),
         **({"consensus": pack_consensus(model.consensus_index)} if model.consensus_index else {}),
     }
-    if len(decoders) == 1 and not (int8_encoder or int8_decoder or model.consensus_index):  # the plain layout
-        # every version reads
+    plain = len(decoders) == 1 and not (int8_encoder or int8_decoder or model.consensus_index)
+    if plain:  # the layout every version reads
         return torch_save_atomic(path, {"format": MODEL_FORMAT, **common, "state_dict": decoders[0]["state_dict"]})
     return torch_save_atomic(path, {"format": MODEL_FORMAT_2, **common, "decoders": decoders})
 
