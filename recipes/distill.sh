@@ -14,7 +14,10 @@
 #   TOPK_WEIGHT (default 0: train.distill_topk), HIDDEN (default 512: the decoder's hidden units), EPOCHS
 #   (default 5), SEED (default 0).
 # Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint,
-# the teacher's file goes on from its last image.
+# the teacher's file goes on from its last image (a complete one is checked in seconds).
+# The shipped model is NAME=student_topk TOPK_WEIGHT=0.5 (its cross-entropy decoder, not the SCST one), made
+# with: python tools/ship_model.py OUT/student_topk --embed-encoder --int8-encoder --int8-decoder --consensus
+#   --set decode.length_penalty=1.0 --set decode.block_ngram=3 --set decode.consensus_weight=1.5
 set -euo pipefail
 if [ $# -ne 2 ]; then echo "usage: $0 DATA OUT" >&2; exit 2; fi
 PY=${PYTHON:-python3}
