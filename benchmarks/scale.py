@@ -11,7 +11,8 @@ with 2 DDP processes (gloo on the CPU).
 The caches are synthetic but real caches otherwise: the folder, files and meta.json that `captioner features`
 writes, for a synthetic Karpathy-format dataset (5 captions per image, empty image files), found by
 `captioner train` as it finds any cache. They are written under ``--dir`` (default: ``scale-benchmark`` in the
-captioner cache root) and reused. A size whose cache does not fit on the disk is skipped; the script says which.
+captioner cache root) and reused: the script ends by saying how much disk they hold, and ``--clean`` deletes
+them when it is done. A size whose cache does not fit on the disk is skipped; the script says which.
 
 Each training is `captioner train --config soft_resnet101` (``encoder.weights=none``, on the CPU) in a fresh
 process, with one epoch of exactly 200 steps: the training split holds 200 batches of captions (spread over
@@ -278,6 +279,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="training steps per run (default 200; --quick: 5)")
     p.add_argument("--dir", type=Path, help="where the datasets and caches are kept (default: scale-benchmark "
                                             "in the captioner cache root; --quick: a temporary folder)")
+    p.add_argument("--clean", action="store_true", help="delete the datasets and caches when done (they take "
+                   "about 34 GB at the default sizes; kept, the next run reuses them)")
     args = p.parse_args()
     if not Path("/proc/self/status").is_file():
         sys.exit("this benchmark samples memory from /proc (Linux)")
@@ -297,6 +300,15 @@ def main() -> None:
         image_files(root / "images", max(sizes))
         runs = [r for n in sorted(sizes) for r in measure(n, root, encoder, sets, steps, batch, 1, notes)]
         runs += measure(min(sizes), root, encoder, sets, steps, batch, 2, notes)
+        if not args.quick:
+            size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+            held = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+            if args.clean:
+                shutil.rmtree(root)
+                notes.append(f"deleted {root} ({held})")
+            else:
+                notes.append(f"{root} holds {held} of synthetic datasets and caches for the next run; "
+                             "delete it (or pass --clean) to free the disk")
     print(table(runs))
     for note in notes:
         print(f"note: {note}")
