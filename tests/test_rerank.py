@@ -267,3 +267,22 @@ def test_flip_for_one_call_of_a_consensus_captioner(synth, tmp_path, monkeypatch
     assert cap(photo).text  # and back to one view
     both = captioner.load(model, device="cpu", consensus=data, flip=True)
     assert both(photo).text == flipped.text
+
+
+def test_scoring_the_beams_at_once_equals_one_by_one():
+    """CiderD.scores_against (the references indexed once by n-gram) gives score_against's numbers."""
+    import random
+
+    import numpy as np
+
+    from captioner.metrics.cider_reward import CiderD
+
+    rng = random.Random(0)
+    words = "a dog runs on the grass man rides bike two people walk street brown red in of".split()
+    cider = CiderD({str(i): [[rng.choice(words) for _ in range(rng.randint(3, 12))] for _ in range(5)]
+                    for i in range(50)})
+    for _ in range(10):
+        refs = [v for j in rng.sample(range(50), 8) for v in cider.refs[str(j)]]
+        beams = [[rng.choice(words) for _ in range(rng.randint(1, 12))] for _ in range(5)] + [[]]
+        one_by_one = [cider.score_against(w, refs) for w in beams]
+        assert np.allclose(cider.scores_against(beams, refs), one_by_one, rtol=1e-12, atol=1e-12)

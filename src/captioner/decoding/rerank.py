@@ -48,8 +48,7 @@ class ConsensusReranker:
             refs = [v for j in near for v in self.cider.refs[str(j)]]
             scores = torch.tensor([h.score / max(1, len(h.tokens) + h.finished) ** length_penalty for h in beams],
                                   dtype=torch.float64)  # [K]
-            totals = scores + torch.tensor([self.weight * self.cider.score_against(w, refs) for w in beam_words],
-                                           dtype=torch.float64)
+            totals = scores + self.weight * torch.from_numpy(self.cider.scores_against(beam_words, refs))  # [K]
             if self.mbr_weight > 0 and len(beams) > 1:
                 totals += self.mbr_weight * self._expected_agreement(beam_words, scores.softmax(0))
             chosen.append(beams[int(totals.argmax())])

@@ -70,6 +70,34 @@ class CiderD:
                 total[n] += val * penalty
         return float(total.mean() / len(refs) * 10.0)
 
+    def scores_against(self, captions: list[list[str]], refs: list) -> np.ndarray:
+        """:meth:`score_against` of several captions against the same reference vectors (consensus reranking's
+        beams against their image's neighbours' captions): the references indexed once by n-gram, so each
+        caption costs its own n-grams' lookups instead of one per reference."""
+        by_gram: list[dict] = [defaultdict(list) for _ in range(N)]  # order -> n-gram -> [(reference, weight)]
+        for j, (ref_vec, _, _) in enumerate(refs):
+            for n in range(N):
+                for gram, weight in ref_vec[n].items():
+                    by_gram[n][gram].append((j, weight))
+        ref_norms = np.array([ref_norm for _, ref_norm, _ in refs]).reshape(len(refs), N)  # [R, N]
+        ref_lengths = np.array([ref_length for _, _, ref_length in refs], dtype=np.float64)  # [R]
+        out = np.zeros(len(captions))
+        for i, words in enumerate(captions):
+            vec, norm, length = self._vector(ngrams(words))
+            penalty = np.exp(-((length - ref_lengths) ** 2) / (2 * SIGMA**2))  # [R]
+            total = np.zeros(N)
+            for n in range(N):
+                val = np.zeros(len(refs))  # [R]
+                for gram, w in vec[n].items():
+                    for j, ref_w in by_gram[n].get(gram, ()):
+                        val[j] += min(w, ref_w) * ref_w
+                if norm[n] != 0:
+                    both = ref_norms[:, n] != 0
+                    val[both] /= norm[n] * ref_norms[both, n]
+                total[n] = float((val * penalty).sum())
+            out[i] = total.mean() / len(refs) * 10.0
+        return out
+
     def score(self, names: list[str], captions: list[list[str]]) -> np.ndarray:
         """CIDEr-D of each caption against the references of the image named beside it."""
         return np.array([self.score_one(n, c) for n, c in zip(names, captions, strict=True)])
