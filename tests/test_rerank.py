@@ -270,7 +270,8 @@ def test_flip_for_one_call_of_a_consensus_captioner(synth, tmp_path, monkeypatch
 
 
 def test_scoring_the_beams_at_once_equals_one_by_one():
-    """CiderD.scores_against (the references indexed once by n-gram) gives score_against's numbers."""
+    """CiderD.scores_against (the references indexed once by n-gram) scores each caption of a batch as it scores
+    it alone (no caption's n-grams leak into another's score; pycocoevalcap's numbers: tests/test_scst.py)."""
     import random
 
     import numpy as np
@@ -284,5 +285,6 @@ def test_scoring_the_beams_at_once_equals_one_by_one():
     for _ in range(10):
         refs = [v for j in rng.sample(range(50), 8) for v in cider.refs[str(j)]]
         beams = [[rng.choice(words) for _ in range(rng.randint(1, 12))] for _ in range(5)] + [[]]
-        one_by_one = [cider.score_against(w, refs) for w in beams]
+        one_by_one = [cider.scores_against([w], refs)[0] for w in beams]
         assert np.allclose(cider.scores_against(beams, refs), one_by_one, rtol=1e-12, atol=1e-12)
+        assert len(set(one_by_one)) > 1  # (distinct scores: a mix-up would show)

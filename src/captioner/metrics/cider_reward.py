@@ -59,21 +59,12 @@ class CiderD:
 
     def score_against(self, words: list[str], refs: list) -> float:
         """CIDEr-D of a caption against any list of reference vectors (entries of ``self.refs``' lists)."""
-        vec, norm, length = self._vector(ngrams(words))
-        total = np.zeros(N)
-        for ref_vec, ref_norm, ref_length in refs:
-            penalty = math.exp(-((length - ref_length) ** 2) / (2 * SIGMA**2))
-            for n in range(N):
-                val = sum(min(w, ref_vec[n].get(g, 0.0)) * ref_vec[n].get(g, 0.0) for g, w in vec[n].items())
-                if norm[n] != 0 and ref_norm[n] != 0:
-                    val /= norm[n] * ref_norm[n]
-                total[n] += val * penalty
-        return float(total.mean() / len(refs) * 10.0)
+        return float(self.scores_against([words], refs)[0])
 
     def scores_against(self, captions: list[list[str]], refs: list) -> np.ndarray:
-        """:meth:`score_against` of several captions against the same reference vectors (consensus reranking's
-        beams against their image's neighbours' captions): the references indexed once by n-gram, so each
-        caption costs its own n-grams' lookups instead of one per reference."""
+        """CIDEr-D of each of several captions against the same reference vectors (consensus reranking's beams
+        against their image's neighbours' captions): the references indexed once by n-gram, so each caption
+        costs its own n-grams' lookups instead of one per reference."""
         by_gram: list[dict] = [defaultdict(list) for _ in range(N)]  # order -> n-gram -> [(reference, weight)]
         for j, (ref_vec, _, _) in enumerate(refs):
             for n in range(N):
