@@ -50,6 +50,13 @@ def test_every_parameter_gets_a_gradient(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_attention_layer_has_the_configured_size(kind):
+    dec = small_decoder(kind)  # hidden_dim 32, attention_dim 8
+    assert dec.att_feat.out_features == dec.att_hidden.out_features == dec.att_score.in_features == 8
+    assert dec.has_sentinel == (kind == "adaptive") and not small_decoder("soft").has_sentinel
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_fast_teacher_forcing_has_the_plain_loops_gradients(kind):
     """Attention for all words at once after the LSTM loop = the per-step loop of the base class."""
     dec = small_decoder(kind).eval()

@@ -477,7 +477,7 @@ def caption_of(model: CaptionModel, hyp: Hypothesis) -> Caption:
             positions = alphas.shape[-1] if alphas.ndim == 2 else None  # None: no word, no map
             n, total = _attending(model, positions), len(model.member_configs)
             out.attention_of = f"the mean map of {n} decoders" if n > 1 else f"the map of 1 of its {total} decoders"
-        if any(c.model.type == "adaptive" for _, c in model.parts()):
+        if model.decoder.has_sentinel:
             out.looked = [round(float(v), 4) for v in alphas.sum(axis=-1)]  # 1 - beta_t per word: [T]
     return out
 

@@ -29,7 +29,7 @@ class ModelConfig:
     type: str = "soft"
     embed_dim: int = 512  # size of the word embedding (with glove: the vectors' size)
     hidden_dim: int = 512  # size of the LSTM state (both LSTMs of updown)
-    attention_dim: int = 512  # size of the attention network's hidden layer (soft, hard, uniform, updown)
+    attention_dim: int = 512  # size of the attention network's hidden layer (all but nic and transformer)
     dropout: float = 0.5  # dropout probability inside the decoder (training only)
     # weight of Xu et al.'s doubly stochastic attention regularisation: over a caption, every grid cell should
     # get about as much attention in total (soft, hard)

@@ -28,7 +28,8 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
     if cfg.type in ("spatial", "adaptive"):
         from captioner.decoders.adaptive import AdaptiveAttentionDecoder
 
-        return AdaptiveAttentionDecoder(vocab_size, grid_dim, sentinel=cfg.type == "adaptive", **dims)
+        return AdaptiveAttentionDecoder(vocab_size, grid_dim, sentinel=cfg.type == "adaptive",
+                                        attention_dim=cfg.attention_dim, **dims)
     if cfg.type == "transformer":
         from captioner.decoders.transformer import TransformerDecoder
 

@@ -42,7 +42,7 @@ class AdaptiveAttentionDecoder(Decoder):
     def __init__(self, vocab_size: int, feature_dim: int, sentinel: bool = True, embed_dim: int = 512,
                  hidden_dim: int = 512, attention_dim: int | None = None, dropout: float = 0.5, pad_id: int = 0):
         super().__init__(vocab_size, pad_id)
-        self.sentinel = sentinel
+        self.sentinel = self.has_sentinel = sentinel
         attention_dim = attention_dim or hidden_dim  # k in the paper
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.proj_grid = nn.Linear(feature_dim, hidden_dim)  # W_a

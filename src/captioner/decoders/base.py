@@ -21,6 +21,7 @@ State = dict[str, Tensor]
 
 class Decoder(nn.Module):
     has_attention: bool = False
+    has_sentinel: bool = False  # its maps sum to 1 - beta_t, how much each word looked (adaptive attention)
 
     def __init__(self, vocab_size: int, pad_id: int = 0):
         super().__init__()

@@ -33,6 +33,7 @@ class EnsembleDecoder(Decoder):
         self.members = nn.ModuleList(members)
         self.feature_groups = feature_groups
         self.has_attention = any(m.has_attention for m in members)
+        self.has_sentinel = any(m.has_sentinel for m in members)
         self.mean = mean
         self.mirrored = mirrored or [False] * len(members)
 
