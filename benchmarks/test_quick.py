@@ -14,7 +14,8 @@ HERE = Path(__file__).parent
 
 
 @pytest.mark.parametrize("script", ["train_step.py", "epoch.py", "beam.py", "extract.py", "evaluate.py", "caption.py",
-                                    "load_server.py", "seed_configs.py", "library.py", "scale.py"])
+                                    "load_server.py", "seed_configs.py", "library.py", "scale.py",
+                                    "decoders.py"])
 def test_quick_mode_runs(script):
     run = subprocess.run([sys.executable, str(HERE / script), "--quick"], cwd=HERE, capture_output=True,
                          text=True, timeout=600)
