@@ -11,11 +11,21 @@ from captioner.checkpoint import load_model, save_model
 from captioner.config import Config, ModelConfig, TrainConfig, load_config
 from captioner.data.vocab import Vocab
 from captioner.decoders import build_decoder
+from captioner.decoders.ensemble import EnsembleDecoder
 from captioner.decoders.transformer import TransformerDecoder
 from captioner.decoding import beam_search
 from captioner.model import CaptionModel
 from captioner.training.module import CaptionModule
-from conftest import GLOBAL_DIM, GRID_DIM, LOCATIONS, VOCAB, random_captions, random_feats, shuffled_baseline
+from conftest import (
+    GLOBAL_DIM,
+    GRID_DIM,
+    LOCATIONS,
+    VOCAB,
+    random_captions,
+    random_feats,
+    shuffled_baseline,
+    small_decoder,
+)
 
 START, END = 1, 2
 TIED = {"embed_dim": 32}  # = hidden_dim: the output layer is the embedding matrix
@@ -92,6 +102,24 @@ def test_batched_beam_search_equals_per_image(overrides):
         single = beam_search(dec, {k: v[i : i + 1] for k, v in feats.items()}, START, END, beam_size=4, max_len=10)[0]
         assert hyp.tokens == single.tokens
         assert hyp.score == pytest.approx(single.score, abs=1e-4)
+
+
+def test_joins_ensembles_with_lstm_decoders():
+    """In an ensemble with soft and adaptive attention the cache still travels with its beams: batched = per
+    image, and a one-member ensemble decodes as the transformer alone (also reading mirrored features)."""
+    tr = transformer(**TIED).eval()
+    feats = random_feats(5, seed=4)
+    alone = beam_search(tr, feats, START, END, beam_size=3, max_len=10)
+    one = beam_search(EnsembleDecoder([tr]), feats, START, END, beam_size=3, max_len=10)
+    assert [h.tokens for h in one] == [h.tokens for h in alone]
+    mixed = EnsembleDecoder([tr, small_decoder("soft").eval(), small_decoder("adaptive").eval()],
+                            mirrored=[False, True, False])
+    batched = beam_search(mixed, feats, START, END, beam_size=3, max_len=10)
+    for i, hyp in enumerate(batched):
+        single = beam_search(mixed, {k: v[i : i + 1] for k, v in feats.items()}, START, END, beam_size=3, max_len=10)
+        assert hyp.tokens == single[0].tokens
+        assert hyp.score == pytest.approx(single[0].score, abs=1e-4)
+        assert hyp.alphas.shape == (len(hyp.tokens), LOCATIONS)
 
 
 @pytest.mark.parametrize("beam_size", [1, 3, 5])
