@@ -8,6 +8,18 @@
 #   FEATURES_TYPE*/val.json  scored on val at beam 5, length penalty 1.0, trigram blocking
 #   table.md                 every run's scores, its BLEU-4 / CIDEr-D against the soft decoder of the same
 #                            features and stage (paired bootstrap), and its seconds per training epoch
+# With RECIPE (the OUT of recipes/best_recipe.sh, its five decoders trained), each family's SCST decoder of the
+# last FEATURES (lite2 with LITE2_ENCODER: the recipe's own encoder) as a sixth member, and in the teacher:
+#   ensemble5.json           the best recipe's ensemble and decoding (length penalty 0.7, consensus 1.5, mean
+#                            log-probability, flip; its val report in RECIPE when there is one)
+#   ensemble6_TYPE.json      the same with the family's decoder added
+#   student_TYPE             recipes/distill.sh's shipped student (word level 0.5, 5 epochs, no SCST) taught by
+#                            that six-decoder teacher (teacher_TYPE.jsonl), for each of TEACHERS (default TYPES,
+#                            "" none);
+#                            its val.json decoded as the shipped model without reranking
+#   table.md                 + the six-decoder rows against ensemble5 and against the first TYPE's (soft: a
+#                            second decoder of the recipe's kind), the students against RECIPE/student_topk (the
+#                            shipped student, when trained there)
 # FEATURES: lite0 (the frozen ImageNet EfficientNet-Lite0 of the results table) and, with LITE2_ENCODER, lite2
 # (the shipped model's fine-tuned EfficientNet-Lite2 frozen as a weights file: encoder.pth of
 # recipes/best_recipe.sh's OUT).
@@ -15,7 +27,8 @@
 # Environment: PYTHON (default python3), TYPES (default "soft spatial adaptive transformer"), LITE2_ENCODER (a
 #   weights file; default none: lite0 only), EPOCHS (default 10), SEED (default 0), CONFIG (default %s_lite0:
 #   the config of each TYPE, a printf pattern; synth_%s runs the recipe on `captioner synth` data in a minute),
-#   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java).
+#   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java),
+#   RECIPE and TEACHERS (above).
 # Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint.
 set -euo pipefail
 if [ $# -ne 2 ]; then echo "usage: $0 DATA OUT" >&2; exit 2; fi
@@ -57,6 +70,39 @@ for features in "${FEATURES[@]}"; do
   done
 done
 
+# each family as the best recipe's sixth decoder, and in its teacher
+ROWS6=() ROWS_STUDENT=()
+if [ -n "${RECIPE:-}" ]; then
+  RECIPE=$(realpath "$RECIPE")
+  last=${FEATURES[-1]}
+  MEMBERS=(--model "$RECIPE/lite2.pt" --model "$RECIPE/smooth_scst/model.pt" --model "$RECIPE/lite0_pair.pt"
+           --model "$RECIPE/hard_scst/model.pt")
+  BEST=(--set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30
+        --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5
+        --set decode.ensemble_mean=logprob --set decode.flip=true)
+  ensemble() {  # ensemble REPORT [--model FILE]: the recipe's members (and FILE) on val, as the recipe decodes
+    local report=$1
+    shift
+    # shellcheck disable=SC2086
+    [ -f "$report" ] || $PY -m captioner.cli evaluate "${MEMBERS[@]}" "$@" --data "$DATA" --split val \
+      --beam-size 5 --no-progress "${BEST[@]}" --out "$report" ${EVAL_ARGS:-}
+  }
+  recipe_report=$RECIPE/val_lp0.7_consensus-true_w1.5_logprob_flip.json  # best_recipe.sh's report of BEST
+  if [ ! -f ensemble5.json ] && [ -f "$recipe_report" ]; then cp "$recipe_report" ensemble5.json.tmp && mv ensemble5.json.tmp ensemble5.json; fi
+  ensemble ensemble5.json
+  ROWS6=("best recipe (5 decoders)=ensemble5.json")
+  for type in "${TYPES[@]}"; do
+    ensemble "ensemble6_$type.json" --model "${last}_${type}_scst/model.pt"
+    ROWS6+=("+ $last $type=ensemble6_$type.json")
+  done
+  [ -f "$RECIPE/student_topk/val.json" ] && ROWS_STUDENT=("student of the best recipe=$RECIPE/student_topk/val.json")
+  for type in ${TEACHERS-${TYPES[@]}}; do
+    EXTRA_MEMBER=$OUT/${last}_${type}_scst/model.pt TEACHER_FILE=$OUT/teacher_$type.jsonl NAME=$OUT/student_$type \
+      TOPK_WEIGHT=0.5 WITH_SCST=0 "$REPO/recipes/distill.sh" "$DATA" "$RECIPE"
+    ROWS_STUDENT+=("student, teacher + $last $type=student_$type/val.json")
+  done
+fi
+
 # the table: each run against the soft decoder of its features and stage, with its training time per epoch
 {
   for features in "${FEATURES[@]}"; do
@@ -67,6 +113,14 @@ done
       $PY "$REPO/tools/report_table.py" "${rows[@]}"
     done
   done
+  if [ ${#ROWS6[@]} -gt 0 ]; then
+    echo
+    $PY "$REPO/tools/report_table.py" "${ROWS6[@]}"
+    echo
+    # against a second soft decoder: does a family add more than another decoder of the recipe's kind?
+    if [ ${#ROWS6[@]} -gt 2 ]; then $PY "$REPO/tools/report_table.py" "${ROWS6[@]:1}"; fi
+  fi
+  if [ ${#ROWS_STUDENT[@]} -gt 1 ]; then echo; $PY "$REPO/tools/report_table.py" "${ROWS_STUDENT[@]}"; fi
   echo
   echo "| run | seconds per training epoch |"
   echo "|---|---|"

@@ -12,7 +12,9 @@
 # Usage: recipes/distill.sh DATA OUT     (run recipes/best_recipe.sh DATA OUT first: it makes the teacher)
 # Environment: PYTHON (default python3), NAME (default student), WEIGHT (default 1.0: train.distill_weight),
 #   TOPK_WEIGHT (default 0: train.distill_topk), HIDDEN (default 512: the decoder's hidden units), EPOCHS
-#   (default 5), SEED (default 0).
+#   (default 5), SEED (default 0), EXTRA_MEMBER (a further decoder file joining the teacher's ensemble; default
+#   none), TEACHER_FILE (default OUT/teacher_train.jsonl; give another with EXTRA_MEMBER), WITH_SCST (default 1;
+#   0 skips NAME_scst).
 # Resumable: a stage whose output exists is skipped, an interrupted training resumes from its last checkpoint,
 # the teacher's file goes on from its last image (a complete one is checked in seconds).
 # The shipped model is NAME=student_topk TOPK_WEIGHT=0.5 (its cross-entropy decoder, not the SCST one), made
@@ -27,11 +29,19 @@ NAME=${NAME:-student}
 for needed in lite2.pt smooth_scst/model.pt lite0_pair.pt hard_scst/model.pt encoder.pth; do
   [ -e "$OUT/$needed" ] || { echo "distill.sh: $OUT/$needed: missing; run recipes/best_recipe.sh first (--train-only is enough)" >&2; exit 1; }
 done
+
+TEACHER_FILE=$(realpath -m "${TEACHER_FILE:-$OUT/teacher_train.jsonl}")
+EXTRA=()
+if [ -n "${EXTRA_MEMBER:-}" ]; then
+  [ -f "$EXTRA_MEMBER" ] || { echo "distill.sh: $EXTRA_MEMBER: no such model file" >&2; exit 1; }
+  [ "$TEACHER_FILE" != "$OUT/teacher_train.jsonl" ] || { echo "distill.sh: EXTRA_MEMBER needs a TEACHER_FILE of its own" >&2; exit 1; }
+  EXTRA=(--model "$(realpath "$EXTRA_MEMBER")")
+fi
 cd "$OUT"
 
 # the teacher: the best recipe's decoding (as its last report in best_recipe.sh)
 $PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt \
-  --model hard_scst/model.pt --data "$DATA" --split train --beam-size 5 --topk 10 --out teacher_train.jsonl \
+  --model hard_scst/model.pt "${EXTRA[@]}" --data "$DATA" --split train --beam-size 5 --topk 10 --out "$TEACHER_FILE" \
   --set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30 \
   --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5 \
   --set decode.ensemble_mean=logprob --set decode.flip=true
@@ -41,10 +51,14 @@ source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
   --set train.max_epochs="${EPOCHS:-5}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \
-  --set train.distill="$OUT/teacher_train.jsonl" --set train.distill_weight="${WEIGHT:-1.0}" \
+  --set train.distill="$TEACHER_FILE" --set train.distill_weight="${WEIGHT:-1.0}" \
   --set train.distill_topk="${TOPK_WEIGHT:-0}"
-train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" "${SCST[@]}"
-for stage in "$NAME" "${NAME}_scst"; do
+STAGES=("$NAME")
+if [ "${WITH_SCST:-1}" != 0 ]; then
+  train "${NAME}_scst" --config "$NAME/config.yaml" --set train.init_from="$NAME/model.pt" "${SCST[@]}"
+  STAGES+=("${NAME}_scst")
+fi
+for stage in "${STAGES[@]}"; do
   [ -f "$stage/val.json" ] || $PY -m captioner.cli evaluate --model "$stage/model.pt" --data "$DATA" --split val \
     --beam-size 5 --set decode.length_penalty=1.0 --set decode.block_ngram=3 --no-progress --out "$stage/val.json"
 done

@@ -2,6 +2,7 @@
 its dry run checks the data and those files and lists the stages without running any."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -113,3 +114,36 @@ def test_decoder_families_runs_every_stage_and_writes_its_table(tmp_path):
     again = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
                            text=True, timeout=600, env=env)
     assert again.returncode == 0 and "done before" in again.stdout  # resumable: nothing trained twice
+
+    # each family as the sixth member of a (stand-in) best recipe: the synthetic soft model and a hard one
+    recipe = tmp_path / "recipe"
+    hard = subprocess.run([sys.executable, "-m", "captioner.cli", "train", "--config", "synth_hard", "--data", str(data),
+                           "--out", str(recipe / "hard_scst"), "--no-progress", "--set", "train.max_epochs=1"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert hard.returncode == 0, hard.stderr[-2000:]
+    for name in ("lite2.pt", "smooth_scst/model.pt", "lite0_pair.pt"):
+        (recipe / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / "lite0_soft" / "model.pt", recipe / name)
+    env = {**env, "RECIPE": str(recipe), "TEACHERS": ""}
+    six = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert six.returncode == 0, six.stderr[-2000:]
+    reports = {name: json.loads((out / name).read_text())
+               for name in ("ensemble5.json", "ensemble6_soft.json", "ensemble6_adaptive.json")}
+    assert all(r["images"] == 10 and r["metrics"]["CIDEr-D"] >= 0 for r in reports.values())
+    table = (out / "table.md").read_text()
+    assert "| best recipe (5 decoders) | " in table and "| + lite0 adaptive | " in table
+    assert table.count("[") == 4 + 2 * 2 + 2  # + the six-decoder rows against five, and adaptive against soft
+
+
+def test_distill_wants_a_teacher_file_of_its_own_for_an_extra_member(tmp_path):
+    """A teacher with a sixth decoder never writes into (or goes on from) the five-decoder teacher's file."""
+    for name in ("lite2.pt", "smooth_scst/model.pt", "lite0_pair.pt", "hard_scst/model.pt", "encoder.pth",
+                 "extra.pt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"stand-in")
+    env = {**os.environ, "PYTHON": sys.executable, "EXTRA_MEMBER": str(tmp_path / "extra.pt")}
+    run = subprocess.run(["bash", str(RECIPES / "distill.sh"), str(tmp_path), str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert run.returncode == 1 and "EXTRA_MEMBER needs a TEACHER_FILE of its own" in run.stderr
+    assert not (tmp_path / "teacher_train.jsonl").exists()
