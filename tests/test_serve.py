@@ -37,7 +37,10 @@ def test_page_models_and_samples(client):
     page = client.get("/")
     assert page.status_code == 200 and "captioner" in page.text and "/static/app.js" in page.text
     assert client.get("/static/app.js").status_code == 200
-    assert client.get("/api/models").json()["default"] == "soft"
+    models = client.get("/api/models").json()
+    assert models["default"] == "soft"
+    assert all(m["beam_size"] == client.app.state.models[m["name"]].model.config.decode.beam_size
+               for m in models["models"])  # the page offers each model's own beam size and then sends none
     samples = client.get("/api/samples").json()["samples"]
     assert "cat.jpg" in samples
     assert client.get(f"/samples/{samples[0]}").headers["content-type"] == "image/jpeg"
@@ -83,6 +86,8 @@ def test_odd_but_valid_images_are_captioned(client, mode):
 def test_caption_a_sample(client):
     r = caption(client, sample="cat.jpg", beam_size=1)
     assert r.status_code == 200 and r.json()["source"] == "cat.jpg"
+    own = caption(client, sample="cat.jpg").json()  # no beam_size: the model's own
+    assert own["beam_size"] == client.app.state.models[own["model"]].model.config.decode.beam_size
 
 
 BAD = [

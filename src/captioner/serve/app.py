@@ -1,7 +1,7 @@
 """The web demo: one page (static/) and a small JSON API over the captioning functions.
 
     GET  /                 the demo page
-    GET  /api/models       the models this server offers
+    GET  /api/models       the models this server offers (name, file(s), own beam size)
     GET  /api/samples      the sample photos shipped with captioner
     GET  /samples/NAME     one sample photo
     POST /api/caption      multipart form: file (an image) or sample (a sample's name); model; beam_size
@@ -100,7 +100,8 @@ def create_app(models: dict[str, str | Path | list], max_upload_mb: float = 10.0
 
     @app.get("/api/models")
     def list_models():
-        return {"models": [{"name": name, "file": " + ".join(p.name for p in files[name])} for name in loaded],
+        return {"models": [{"name": name, "file": " + ".join(p.name for p in files[name]),
+                            "beam_size": cap.model.config.decode.beam_size} for name, cap in loaded.items()],
                 "default": next(iter(loaded)), "beam_sizes": list(BEAM_SIZES)}
 
     @app.get("/api/samples")

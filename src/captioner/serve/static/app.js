@@ -15,8 +15,14 @@ async function init() {
   const models = await getJSON("/api/models");
   for (const m of models.models) $("model").add(new Option(`${m.name} (${m.file})`, m.name));
   $("model").value = models.default;
+  $("beam").add(new Option("", ""));  // the model's own beam size: not sent
   for (const b of models.beam_sizes) $("beam").add(new Option(String(b), String(b)));
-  $("beam").value = "5";
+  const ownBeam = () => {
+    const m = models.models.find((m) => m.name === $("model").value);
+    $("beam").options[0].text = `model's own (${m.beam_size})`;
+  };
+  ownBeam();
+  $("model").addEventListener("change", ownBeam);
   const samples = await getJSON("/api/samples");
   for (const s of samples.samples) $("sample").add(new Option(s, s));
   $("file").addEventListener("change", () => { if ($("file").files.length) $("sample").value = ""; });
@@ -30,7 +36,7 @@ async function caption() {
   else if ($("sample").value) form.append("sample", $("sample").value);
   else return showError("Choose a photo to upload or a sample first.");
   form.append("model", $("model").value);
-  form.append("beam_size", $("beam").value);
+  if ($("beam").value) form.append("beam_size", $("beam").value);
   $("go").disabled = true;
   $("status").textContent = "captioning…";
   $("error").hidden = true;
