@@ -79,10 +79,14 @@ def test_sample_with_nic_says_there_is_no_attention(browser, server):
     wait(browser).until(lambda d: len(Select(d.find_element(By.ID, "sample")).options) > 1)
     Select(browser.find_element(By.ID, "sample")).select_by_value("cat.jpg")
     Select(browser.find_element(By.ID, "model")).select_by_value("nic")
+    own = Select(browser.find_element(By.ID, "beam")).first_selected_option.text  # "model's own (N)"
+    assert own.startswith("model's own (")
     browser.find_element(By.ID, "go").click()
     hint = wait(browser).until(ec.visibility_of_element_located((By.ID, "hint")))
     wait(browser).until(lambda d: "no attention map" in hint.text)
     assert browser.find_element(By.ID, "caption").text.strip()
+    beam = own.removeprefix("model's own (").removesuffix(")")
+    assert f"beam {beam} " in browser.find_element(By.ID, "meta").text  # the model's own beam size was used
 
 
 def test_a_bad_upload_shows_the_error_on_the_page(browser, server, tmp_path):
