@@ -7,7 +7,7 @@
 #   FEATURES_TYPE_scst       + 1 SCST epoch (CIDEr-D reward, lr 1e-5, mean-of-samples baseline)
 #   FEATURES_TYPE*/val.json  scored on val at beam 5, length penalty 1.0, trigram blocking
 #   table.md                 every run's scores, its BLEU-4 / CIDEr-D against the soft decoder of the same
-#                            features and stage (paired bootstrap), and its seconds per training epoch
+#                            features and stage (paired bootstrap), and its seconds per training epoch (median)
 # With RECIPE (the OUT of recipes/best_recipe.sh, its five decoders trained), each family's SCST decoder of the
 # last FEATURES (lite2 with LITE2_ENCODER: the recipe's own encoder) as a sixth member, and in the teacher:
 #   ensemble5.json           the best recipe's ensemble and decoding (length penalty 0.7, consensus 1.5, mean
@@ -122,16 +122,16 @@ fi
   fi
   if [ ${#ROWS_STUDENT[@]} -gt 1 ]; then echo; $PY "$REPO/tools/report_table.py" "${ROWS_STUDENT[@]}"; fi
   echo
-  echo "| run | seconds per training epoch |"
+  echo "| run | seconds per training epoch (median, with the val decoding) |"
   echo "|---|---|"
   for run in */logs/metrics.csv; do
     $PY - "$run" <<'EOF'
 import csv
 import sys
 
-times = [float(r["time/epoch_s"]) for r in csv.DictReader(open(sys.argv[1])) if r.get("time/epoch_s")]
-if times:
-    print(f"| {sys.argv[1].split('/')[0]} | {sum(times) / len(times):.0f} ({len(times)} epochs) |")
+times = sorted(float(r["time/epoch_s"]) for r in csv.DictReader(open(sys.argv[1])) if r.get("time/epoch_s"))
+if times:  # the median: an epoch that waited for the feature cache or a paused machine does not count
+    print(f"| {sys.argv[1].split('/')[0]} | {times[len(times) // 2]:.0f} ({len(times)} epochs) |")
 EOF
   done
 } > table.md.tmp && mv table.md.tmp table.md
