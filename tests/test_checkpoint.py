@@ -11,7 +11,7 @@ from captioner.data.vocab import Vocab
 from captioner.decoding import beam_search
 from captioner.errors import CaptionerError
 from captioner.model import CaptionModel
-from conftest import GLOBAL_DIM, GRID_DIM, random_feats, small_decoder
+from conftest import GLOBAL_DIM, GRID_DIM, random_captions, random_feats, small_decoder
 
 WORDS = [["a", "red", "circle"], ["a", "blue", "square", "above", "a", "red", "circle"], ["green", "triangle"]]
 
@@ -163,6 +163,17 @@ def test_int8_decoders_give_nearly_the_same_word_probabilities(tmp_path):
         want = _first_step(ensemble.decoder, feats)
         got = _first_step(loaded.decoder, feats)
     torch.testing.assert_close(got.exp(), want.exp(), atol=0.01, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["updown", "spatial", "adaptive", "transformer"])
+def test_int8_storage_of_every_attention_decoder(tmp_path, kind):
+    torch.manual_seed(0)
+    model = _model(kind)
+    loaded = load_model(save_model(tmp_path / "int8.pt", model, int8_decoder=True))
+    feats, caps = random_feats(4), random_captions(4)
+    with torch.no_grad():  # every word of a caption, not only the first: the state carries the rounding on
+        probs = [m.decoder.teacher_forcing(feats, caps)["logits"].softmax(-1) for m in (loaded, model)]
+    torch.testing.assert_close(*probs, atol=0.01, rtol=0)
 
 
 def _first_step(decoder, feats):
