@@ -10,6 +10,7 @@ per image, never builds the others').
 
 import math
 from collections import Counter, defaultdict
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,6 +27,17 @@ def ngram_set(captions: list[list[str]]) -> set[tuple]:
     return {tuple(w[i : i + k]) for w in captions for k in range(1, N + 1) for i in range(len(w) - k + 1)}
 
 
+class Vector(NamedTuple):
+    """A caption's tf-idf vector: its n-grams (as numbers, :attr:`CiderD.gram_ids`), their weights and orders
+    (n - 1), the norm of each order's part, and coco-caption's length (the caption's bigram count)."""
+
+    grams: np.ndarray  # [G] int64
+    weights: np.ndarray  # [G] float64
+    orders: np.ndarray  # [G] int64, 0..N-1
+    norm: np.ndarray  # [N]
+    length: int
+
+
 class CiderD:
     def __init__(self, references: dict[str, list[list[str]]]):
         """``references``: image name -> its tokenised reference captions (the whole training split)."""
@@ -34,59 +46,62 @@ class CiderD:
             for gram in ngram_set(refs):
                 self.df[gram] += 1
         self.log_images = math.log(float(len(references)))
+        self.gram_ids: dict[tuple, int] = {}  # n-gram -> a number, given when a vector first holds it
         self.refs = ReferenceVectors(self, references)  # name -> its references' vectors, built when first read
 
-    def _vector(self, counts: Counter) -> tuple[list[dict], list[float], int]:
+    def _vector(self, counts: Counter) -> "Vector":
         """tf-idf per n-gram order, the norms, and coco-caption's "length" (which counts bigrams)."""
-        vec: list[dict] = [{} for _ in range(N)]
+        grams, weights, orders = [], [], []
         norm = [0.0] * N
         length = 0
         for gram, tf in counts.items():
             n = len(gram) - 1
             weight = float(tf) * (self.log_images - math.log(max(1.0, self.df.get(gram, 0.0))))
-            vec[n][gram] = weight
+            grams.append(self.gram_ids.setdefault(gram, len(self.gram_ids)))
+            weights.append(weight)
+            orders.append(n)
             norm[n] += weight * weight
             if n == 1:
                 length += tf
-        return vec, [math.sqrt(x) for x in norm], length
+        return Vector(np.array(grams, dtype=np.int64), np.array(weights), np.array(orders, dtype=np.int64),
+                      np.sqrt(norm), length)
 
-    def vector(self, words: list[str]) -> tuple[list[dict], list[float], int]:
+    def vector(self, words: list[str]) -> "Vector":
         """A caption as a reference vector: what :meth:`score_against` takes in its ``refs`` list."""
         return self._vector(ngrams(words))
 
     def score_one(self, name: str, words: list[str]) -> float:
         return self.score_against(words, self.refs[name])
 
-    def score_against(self, words: list[str], refs: list) -> float:
+    def score_against(self, words: list[str], refs: list["Vector"]) -> float:
         """CIDEr-D of a caption against any list of reference vectors (entries of ``self.refs``' lists)."""
         return float(self.scores_against([words], refs)[0])
 
-    def scores_against(self, captions: list[list[str]], refs: list) -> np.ndarray:
+    def scores_against(self, captions: list[list[str]], refs: list["Vector"]) -> np.ndarray:
         """CIDEr-D of each of several captions against the same reference vectors (consensus reranking's beams
-        against their image's neighbours' captions): the references indexed once by n-gram, so each caption
-        costs its own n-grams' lookups instead of one per reference."""
-        by_gram: list[dict] = [defaultdict(list) for _ in range(N)]  # order -> n-gram -> [(reference, weight)]
-        for j, (ref_vec, _, _) in enumerate(refs):
-            for n in range(N):
-                for gram, weight in ref_vec[n].items():
-                    by_gram[n][gram].append((j, weight))
-        ref_norms = np.array([ref_norm for _, ref_norm, _ in refs]).reshape(len(refs), N)  # [R, N]
-        ref_lengths = np.array([ref_length for _, _, ref_length in refs], dtype=np.float64)  # [R]
+        against their image's neighbours' captions). All references' n-grams are laid end to end once; each
+        caption then finds its own n-grams among them in one sorted search, and coco-caption's clipped
+        products min(w, w_ref) w_ref are summed per reference and n-gram order in one pass."""
+        ref_grams = np.concatenate([r.grams for r in refs])  # [E] every reference's n-grams, end to end
+        ref_weights = np.concatenate([r.weights for r in refs])  # [E]
+        slots = np.repeat(np.arange(len(refs)) * N, [len(r.grams) for r in refs]) + np.concatenate(
+            [r.orders for r in refs])  # [E] reference j, order n -> j * N + n
+        ref_norms = np.stack([r.norm for r in refs])  # [R, N]
+        ref_lengths = np.array([r.length for r in refs], dtype=np.float64)  # [R]
         out = np.zeros(len(captions))
         for i, words in enumerate(captions):
-            vec, norm, length = self._vector(ngrams(words))
-            penalty = np.exp(-((length - ref_lengths) ** 2) / (2 * SIGMA**2))  # [R]
-            total = np.zeros(N)
-            for n in range(N):
-                val = np.zeros(len(refs))  # [R]
-                for gram, w in vec[n].items():
-                    for j, ref_w in by_gram[n].get(gram, ()):
-                        val[j] += min(w, ref_w) * ref_w
-                if norm[n] != 0:
-                    both = ref_norms[:, n] != 0
-                    val[both] /= norm[n] * ref_norms[both, n]
-                total[n] = float((val * penalty).sum())
-            out[i] = total.mean() / len(refs) * 10.0
+            cand = self._vector(ngrams(words))
+            if not len(cand.grams):
+                continue  # an empty caption: CIDEr-D 0
+            order = np.argsort(cand.grams)
+            grams, weights = cand.grams[order], cand.weights[order]  # [G] sorted by n-gram id
+            at = np.searchsorted(grams, ref_grams).clip(max=len(grams) - 1)  # [E] where each would be
+            clipped = np.where(grams[at] == ref_grams, np.minimum(weights[at], ref_weights), 0.0)  # [E]
+            val = np.bincount(slots, clipped * ref_weights, minlength=len(refs) * N).reshape(len(refs), N)
+            denominator = cand.norm * ref_norms  # [R, N]; zero where either has no n-gram of that order
+            val = np.divide(val, denominator, out=np.zeros_like(val), where=denominator != 0)
+            penalty = np.exp(-((cand.length - ref_lengths) ** 2) / (2 * SIGMA**2))  # [R]
+            out[i] = (val * penalty[:, None]).sum(0).mean() / len(refs) * 10.0
         return out
 
     def score(self, names: list[str], captions: list[list[str]]) -> np.ndarray:
