@@ -215,6 +215,29 @@ def test_extraction_says_its_size_and_refuses_a_short_disk_before_writing(tmp_pa
     assert extract_features(records, encoder, out, progress=False).meta["complete"]
 
 
+def test_the_arrays_are_allocated_up_front_and_a_full_disk_is_one_line(tmp_path, records, encoder, monkeypatch):
+    """The cache's blocks are allocated before any row is written (no sparse holes for a filling disk to fault
+    on); a disk that is full by then is a one-line error naming the array."""
+    import errno
+    import os
+
+    from captioner.features import _Arrays
+
+    out = tmp_path / "cache"
+    out.mkdir()
+    _Arrays.open_or_create(out, 1000, encoder, fresh=True)  # made, nothing written yet
+    for name in ("grid.npy", "global.npy", "done.npy"):
+        stat = (out / name).stat()
+        assert stat.st_blocks * 512 >= stat.st_size  # no holes
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(CaptionerError, match=r"grid\.npy: the disk is full \(.* of features could not be allocated\)"):
+        extract_features(records, encoder, tmp_path / "other", progress=False)
+
+
 def _extract_in_two_processes(rank: int, init_file: str, records, out: str, full_disk: bool, results) -> None:
     """One of two processes extracting together (gloo); ``full_disk``: the disk looks full (process 0 alone
     checks it)."""

@@ -14,12 +14,15 @@ they are listed in meta.json ``failed`` (their rows stay zero, ``done`` False) s
 the next run tries them again.
 
 Before writing anything, extraction logs how much disk the cache takes and refuses to start when the disk
-has less free; features that overflow float16 stop it. A damaged cache (an array cut short or with a corrupt
+has less free; the arrays' blocks are then allocated up front, so a disk that fills up during the run (another
+program writing) stops it with a one-line error instead of faulting a write into the map. Features that
+overflow float16 stop it. A damaged cache (an array cut short or with a corrupt
 header, a meta.json that is not a cache's) is a one-line error naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -442,6 +445,8 @@ class _Arrays:
                 (out_dir / f).unlink(missing_ok=True)
         arrays = {f: np.lib.format.open_memmap(out_dir / f, mode="r+" if keep else "w+", dtype=dtype, shape=shape)
                   for f, (shape, dtype) in specs.items()}  # "w+" starts all zero
+        for f in specs:
+            _reserve(out_dir / f)
         return cls(arrays[GRID], arrays[GLOBAL], arrays[DONE])
 
     def store(self, rows: list[int], global_: np.ndarray, grid: np.ndarray) -> None:
@@ -452,6 +457,22 @@ class _Arrays:
         self.global_.flush()
         self.done[rows] = True
         self.done.flush()
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of a (sparse) memory-mapped file now: a write into a hole of the map when the disk
+    has filled up would kill the process (SIGBUS) instead of raising."""
+    if not hasattr(os, "posix_fallocate"):  # (not on macOS or Windows)
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise file_error(path, f"the disk is full ({format_bytes(os.fstat(f.fileno()).st_size)} of "
+                                       "features could not be allocated)") from None
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot: left as it is
+                raise
 
 
 def _array_fits(path: Path, shape: tuple[int, ...], dtype) -> bool:
