@@ -165,7 +165,8 @@ def test_serve_offers_an_ensemble_across_encoders(two_encoders, tmp_path):
     Image.new("RGB", (90, 60), (30, 200, 30)).save(buf, format="PNG")
     with TestClient(create_app(models)) as client:
         listed = client.get("/api/models").json()["models"]
-        assert listed[0] == {"name": "best", "file": "a.pt + b.pt"}
+        assert listed[0] == {"name": "best", "file": "a.pt + b.pt",
+                             "beam_size": client.app.state.models["best"].model.config.decode.beam_size}
         r = client.post("/api/caption", files={"file": ("p.png", buf.getvalue(), "image/png")},
                         data={"model": "best", "beam_size": "2"})
         assert r.status_code == 200, r.text
