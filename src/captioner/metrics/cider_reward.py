@@ -9,7 +9,8 @@ per image, never builds the others').
 """
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
+from itertools import chain
 from typing import NamedTuple
 
 import numpy as np
@@ -41,10 +42,8 @@ class Vector(NamedTuple):
 class CiderD:
     def __init__(self, references: dict[str, list[list[str]]]):
         """``references``: image name -> its tokenised reference captions (the whole training split)."""
-        self.df: defaultdict = defaultdict(float)
-        for refs in references.values():
-            for gram in ngram_set(refs):
-                self.df[gram] += 1
+        # document frequency: in how many images' references each n-gram occurs (counted in C by Counter)
+        self.df = Counter(chain.from_iterable(ngram_set(refs) for refs in references.values()))
         self.log_images = math.log(float(len(references)))
         self.gram_ids: dict[tuple, int] = {}  # n-gram -> a number, given when a vector first holds it
         self.refs = ReferenceVectors(self, references)  # name -> its references' vectors, built when first read
