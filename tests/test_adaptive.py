@@ -5,6 +5,8 @@ over these two kinds too, in test_decoders.py and test_decoding.py.
 """
 
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,19 @@ def test_maps_sum_to_one_minus_the_sentinel_weight():
 def test_the_sentinel_starts_closed():
     beta = _sentinel_weight(small_decoder("adaptive").eval(), random_feats(4), random_captions(4))
     assert float(beta.max()) < 0.05
+
+
+def test_how_open_the_sentinel_starts_is_a_setting_and_its_weight_is_logged():
+    feats, caps = random_feats(4), random_captions(4)
+    low, open_ = (small_decoder("adaptive", sentinel_start=s).eval() for s in (2.0, 0.0))
+    ratio = float(_sentinel_weight(open_, feats, caps).mean()) / float(_sentinel_weight(low, feats, caps).mean())
+    drop = math.tanh(2.0) * float(low.att_score.weight.abs().sum())  # how far the sentinel's score starts lower
+    assert ratio == pytest.approx(math.exp(drop), rel=0.3)
+    logged = open_.loss(feats, caps)
+    mask = caps[:, 1:] != 0
+    assert float(logged["log_sentinel"]) == pytest.approx(float(_sentinel_weight(open_, feats, caps)[mask].mean()))
+    assert float(logged["loss"]) == pytest.approx(float(logged["nll"]))  # logged, not minimised
+    assert "log_sentinel" not in small_decoder("spatial").loss(feats, caps)
 
 
 def test_ensembles_and_mirrored_views_carry_the_sentinel_weight():

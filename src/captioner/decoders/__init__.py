@@ -29,7 +29,7 @@ def build_decoder(cfg: ModelConfig, vocab_size: int, global_dim: int, grid_dim: 
         from captioner.decoders.adaptive import AdaptiveAttentionDecoder
 
         return AdaptiveAttentionDecoder(vocab_size, grid_dim, sentinel=cfg.type == "adaptive",
-                                        attention_dim=cfg.attention_dim, **dims)
+                                        attention_dim=cfg.attention_dim, sentinel_start=cfg.sentinel_start, **dims)
     if cfg.type == "transformer":
         from captioner.decoders.transformer import TransformerDecoder
 
