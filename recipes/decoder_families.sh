@@ -47,7 +47,7 @@ fi
 cd "$OUT"
 
 # shellcheck source=recipes/lib.sh
-source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST settings
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST and BEST_DECODE settings
 encoder_settings() {  # the features' encoder, as --set arguments
   if [ "$1" = lite2 ]; then
     echo --set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$LITE2_ENCODER"
@@ -77,17 +77,14 @@ if [ -n "${RECIPE:-}" ]; then
   last=${FEATURES[-1]}
   MEMBERS=(--model "$RECIPE/lite2.pt" --model "$RECIPE/smooth_scst/model.pt" --model "$RECIPE/lite0_pair.pt"
            --model "$RECIPE/hard_scst/model.pt")
-  BEST=(--set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30
-        --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5
-        --set decode.ensemble_mean=logprob --set decode.flip=true)
   ensemble() {  # ensemble REPORT [--model FILE]: the recipe's members (and FILE) on val, as the recipe decodes
     local report=$1
     shift
     # shellcheck disable=SC2086
     [ -f "$report" ] || $PY -m captioner.cli evaluate "${MEMBERS[@]}" "$@" --data "$DATA" --split val \
-      --beam-size 5 --no-progress "${BEST[@]}" --out "$report" ${EVAL_ARGS:-}
+      --beam-size 5 --no-progress "${BEST_DECODE[@]}" --out "$report" ${EVAL_ARGS:-}
   }
-  recipe_report=$RECIPE/val_lp0.7_consensus-true_w1.5_logprob_flip.json  # best_recipe.sh's report of BEST
+  recipe_report=$RECIPE/val_lp0.7_consensus-true_w1.5_logprob_flip.json  # best_recipe.sh's report of BEST_DECODE
   if [ ! -f ensemble5.json ] && [ -f "$recipe_report" ]; then cp "$recipe_report" ensemble5.json.tmp && mv ensemble5.json.tmp ensemble5.json; fi
   ensemble ensemble5.json
   ROWS6=("best recipe (5 decoders)=ensemble5.json")

@@ -38,16 +38,13 @@ if [ -n "${EXTRA_MEMBER:-}" ]; then
   EXTRA=(--model "$(realpath "$EXTRA_MEMBER")")
 fi
 cd "$OUT"
+# shellcheck source=recipes/lib.sh
+source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST and BEST_DECODE settings
 
 # the teacher: the best recipe's decoding (as its last report in best_recipe.sh)
 $PY "$REPO/recipes/teacher_captions.py" --model lite2.pt --model smooth_scst/model.pt --model lite0_pair.pt \
   --model hard_scst/model.pt "${EXTRA[@]}" --data "$DATA" --split train --beam-size 5 --topk 10 --out "$TEACHER_FILE" \
-  --set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30 \
-  --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5 \
-  --set decode.ensemble_mean=logprob --set decode.flip=true
-
-# shellcheck source=recipes/lib.sh
-source "$REPO/recipes/lib.sh"  # train NAME ARGS...: resumable `captioner train`; SCST settings
+  "${BEST_DECODE[@]}"
 ENC=(--set encoder.name=efficientnet_lite2 --set encoder.input_size=260 --set encoder.weights="$OUT/encoder.pth")
 train "$NAME" --config soft_lite0 "${ENC[@]}" --set train.seed="${SEED:-0}" --set train.label_smoothing=0.1 \
   --set train.max_epochs="${EPOCHS:-5}" --set train.monitor=cider --set model.hidden_dim="${HIDDEN:-512}" \

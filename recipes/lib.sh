@@ -17,3 +17,9 @@ train() {
 SCST=(--set train.scst=true --set train.lr=1.0e-5 --set train.batch_size=32 --set train.scst_baseline=mean
       --set train.scst_max_len=16 --set train.scst_samples=5 --set train.monitor=cider --set train.max_time=null
       --set train.max_epochs=1 --set train.warmup_steps=0)
+
+# The best recipe's decoding (recipes/best_recipe.sh's last report): its teacher in distill.sh, its ensembles
+# in decoder_families.sh
+BEST_DECODE=(--set decode.block_ngram=3 --set model.hard_inference=expected --set decode.consensus_k=30
+             --set decode.length_penalty=0.7 --set decode.consensus=true --set decode.consensus_weight=1.5
+             --set decode.ensemble_mean=logprob --set decode.flip=true)

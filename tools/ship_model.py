@@ -113,8 +113,8 @@ def main() -> None:
     if args.consensus:
         reranking_limit = (
             "\n- Consensus reranking favours the captions that read like those of the most similar Flickr8k "
-            "training photos;\n  for photos unlike any of them it helps little. It costs about a tenth more time "
-            "per photo, and at volume\n  (a folder of 1,000 photos on ONNX Runtime) 0.72× the throughput "
+            "training photos;\n  for photos unlike any of them it helps little. It costs 1.07× the time per photo, "
+            "and at volume\n  (a folder of 1,000 photos on ONNX Runtime) 0.85× the throughput "
             "(`docs/performance.md`).")
         index = shipped.consensus_index["captions"]
         stored_decoding += (

@@ -46,7 +46,7 @@ class AdaptiveAttentionDecoder(Decoder):
                  hidden_dim: int = 512, attention_dim: int | None = None, dropout: float = 0.5,
                  sentinel_start: float = 2.0, pad_id: int = 0):
         super().__init__(vocab_size, pad_id)
-        self.sentinel = self.has_sentinel = sentinel
+        self.has_sentinel = sentinel
         attention_dim = attention_dim or hidden_dim  # k in the paper
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.proj_grid = nn.Linear(feature_dim, hidden_dim)  # W_a
@@ -82,7 +82,7 @@ class AdaptiveAttentionDecoder(Decoder):
 
     def visual_sentinel(self, x: Tensor, h_prev: Tensor, c: Tensor) -> Tensor | None:
         """s_t = sigmoid(W_x x_t + W_h h_{t-1}) * tanh(m_t), for any leading shape [.., d]; None without one."""
-        if not self.sentinel:
+        if not self.has_sentinel:
             return None
         return torch.sigmoid(self.sentinel_gate(torch.cat([x, h_prev], dim=-1))) * torch.tanh(c)
 
@@ -125,7 +125,7 @@ class AdaptiveAttentionDecoder(Decoder):
 
     def extra_losses(self, out: dict, nll: Tensor, mask: Tensor, n_tokens: Tensor) -> dict[str, Tensor]:
         """Logged only: the mean sentinel weight beta_t over the words (``train/sentinel``), to see it open."""
-        if not self.sentinel:
+        if not self.has_sentinel:
             return {}
         beta = 1 - out["alphas"].detach().float().sum(-1)  # [B, T]
         return {"log_sentinel": (beta * mask).sum() / n_tokens}

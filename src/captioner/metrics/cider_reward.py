@@ -48,7 +48,7 @@ class CiderD:
         self.gram_ids: dict[tuple, int] = {}  # n-gram -> a number, given when a vector first holds it
         self.refs = ReferenceVectors(self, references)  # name -> its references' vectors, built when first read
 
-    def _vector(self, counts: Counter) -> "Vector":
+    def _vector(self, counts: Counter) -> Vector:
         """tf-idf per n-gram order, the norms, and coco-caption's "length" (which counts bigrams)."""
         grams, weights, orders = [], [], []
         norm = [0.0] * N
@@ -65,18 +65,18 @@ class CiderD:
         return Vector(np.array(grams, dtype=np.int64), np.array(weights), np.array(orders, dtype=np.int64),
                       np.sqrt(norm), length)
 
-    def vector(self, words: list[str]) -> "Vector":
+    def vector(self, words: list[str]) -> Vector:
         """A caption as a reference vector: what :meth:`score_against` takes in its ``refs`` list."""
         return self._vector(ngrams(words))
 
     def score_one(self, name: str, words: list[str]) -> float:
         return self.score_against(words, self.refs[name])
 
-    def score_against(self, words: list[str], refs: list["Vector"]) -> float:
+    def score_against(self, words: list[str], refs: list[Vector]) -> float:
         """CIDEr-D of a caption against any list of reference vectors (entries of ``self.refs``' lists)."""
         return float(self.scores_against([words], refs)[0])
 
-    def scores_against(self, captions: list[list[str]], refs: list["Vector"]) -> np.ndarray:
+    def scores_against(self, captions: list[list[str]], refs: list[Vector]) -> np.ndarray:
         """CIDEr-D of each of several captions against the same reference vectors (consensus reranking's beams
         against their image's neighbours' captions). All references' n-grams are laid end to end once; each
         caption then finds its own n-grams among them in one sorted search, and coco-caption's clipped
