@@ -128,7 +128,8 @@ import sys
 
 times = sorted(float(r["time/epoch_s"]) for r in csv.DictReader(open(sys.argv[1])) if r.get("time/epoch_s"))
 if times:  # the median: an epoch that waited for the feature cache or a paused machine does not count
-    print(f"| {sys.argv[1].split('/')[0]} | {times[len(times) // 2]:.0f} ({len(times)} epochs) |")
+    epochs = f"{len(times)} epoch" + ("s" if len(times) > 1 else "")
+    print(f"| {sys.argv[1].split('/')[0]} | {times[len(times) // 2]:.0f} ({epochs}) |")
 EOF
   done
 } > table.md.tmp && mv table.md.tmp table.md

@@ -237,3 +237,29 @@ def test_the_sentinel_takes_function_words_and_the_image_nouns(trained, synth):
           f"nouns {mean['noun']:.2f} ({len(beta['noun'])})")
     assert len(beta["noun"]) >= 60
     assert mean["function"] > mean["noun"] + 0.15
+
+
+@pytest.mark.slow
+def test_the_sentinel_study_ranks_function_words_above_nouns(trained, synth):
+    """experiments/sentinel_words.py, teacher-forced on the references: the same finding, word by word."""
+    import importlib.util
+    from pathlib import Path
+
+    from captioner.model_features import split_features
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "sentinel_words.py"
+    spec = importlib.util.spec_from_file_location("sentinel_words", path)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    model, cache = trained
+    records, feats, _ = split_features(model, synth, "test", cache_root=cache, progress=False)
+    by_word = study.sentinel_by_word(model, records, feats, batch_size=16)
+    assert sum(map(len, by_word.values())) == sum(len(c) + 1 for r in records for c in r.captions)  # + <end>
+    first = records[0]  # its first caption's values are the decoder's own, word by word
+    one = {k: torch.as_tensor(v[:1]).float() for k, v in feats.items()}
+    ids = torch.tensor([model.vocab.encode(first.captions[0])])
+    expected = _sentinel_weight(model.decoder, one, ids)[0]
+    assert by_word[model.vocab.itos[int(ids[0, 1])]][0] == pytest.approx(float(expected[0]), abs=1e-6)
+    mean = {w: sum(v) / len(v) for w, v in by_word.items()}
+    function, nouns = ([mean[w] for w in group & mean.keys()] for group in (FUNCTION_WORDS, NOUNS))
+    assert len(nouns) == len(NOUNS) and sum(function) / len(function) > sum(nouns) / len(nouns) + 0.15
