@@ -12,7 +12,8 @@ GLOBAL_DIM, GRID_DIM, LOCATIONS = 24, 12, 9
 
 
 def small_decoder(kind: str, **overrides):
-    cfg = ModelConfig(type=kind, embed_dim=16, hidden_dim=32, attention_dim=8, dropout=0.0, **overrides)
+    cfg = ModelConfig(**{"type": kind, "embed_dim": 16, "hidden_dim": 32, "attention_dim": 8, "dropout": 0.0,
+                         **overrides})
     return build_decoder(cfg, VOCAB, GLOBAL_DIM, GRID_DIM)
 
 

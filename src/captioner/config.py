@@ -58,10 +58,9 @@ class ModelConfig:
     num_heads: int = 8  # transformer: attention heads (hidden_dim must be a multiple of it)
     ffn_dim: int = 2048  # transformer: the feed-forward layer's inner size
     positions: str = "sinusoidal"  # transformer: word positions, sinusoidal | learned
-    # adaptive attention: how closed the visual sentinel starts: W_s's starting bias against the sign of w_h, so
-    # its score starts about tanh(s) |w_h|_1 nats below the grid cells' (0: open; 2: 5.4 nats down with 128
-    # attention units, 10.8 with 512); docs/training.md
-    sentinel_start: float = 2.0
+    # adaptive attention: how closed the visual sentinel starts: its score starts this many nats below the grid
+    # cells' (0: level; at most |w_h|_1, about sqrt(attention_dim) / 2); docs/training.md
+    sentinel_start: float = 5.0
 
 
 @dataclass

@@ -21,17 +21,19 @@ each grid cell. Its sum is 1 - beta_t ("how much it looked"; 1 for spatial atten
 keeps beta_t per word with the maps, and ensembles and mirrored maps treat it as any other map.
 The LSTM starts from zeros. Dropout acts on the encoder features and on c^_t + h_t before W_p.
 
-How open the sentinel starts is ``model.sentinel_start`` s: W_s's bias starts at -s sign(w_h), so the
-sentinel's score starts about tanh(s) |w_h|_1 below the grid cells' (which start near 0), and beta_t at about
-e^-(tanh(s) |w_h|_1) / (L + 1); |w_h|_1 is about sqrt(k) / 2 for k attention units. Opened from the start
-(s = 0), the sentinel takes all the attention in the first few hundred steps, while the language model is
-learned and the image features are of no use yet; every gradient of the visual path is then scaled by
-1 - beta_t ~ 0, and the model never learns to look (beta_t = 1 for every word). Closed (s = 2, the default),
-the model first learns where to look, then when it need not: so on the synthetic shapes (k = 128: 5.4 nats
-down). But beta_t's gradient is proportional to beta_t: on Flickr8k (frozen EfficientNet-Lite0, k = 512:
-10.8 nats down, beta_t ~ 1e-6) the sentinel never opened, ending 10 epochs at beta_t ~ 1e-8 for every word,
-the decoder computing spatial attention. Training logs the mean beta_t as ``train/sentinel``.
+How closed the sentinel starts is ``model.sentinel_start`` s, in nats: W_s's bias starts at -b sign(w_h) with
+tanh(b) |w_h|_1 = s, so the sentinel's score starts s below the grid cells' (which start near 0) and beta_t at
+about e^-s / (L + 1), whatever the attention size k (s is capped at |w_h|_1, about sqrt(k) / 2). Opened from
+the start (s = 0), the sentinel takes all the attention in the first few hundred steps, while the language
+model is learned and the image features are of no use yet; every gradient of the visual path is then scaled
+by 1 - beta_t ~ 0, and the model never learns to look (beta_t = 1 for every word). Closed, the model first
+learns where to look, then when it need not. But beta_t's gradient is proportional to beta_t, so closed too
+far it never opens: on Flickr8k (frozen EfficientNet-Lite0, k = 512) a start 10.8 nats down ended 10 epochs at
+beta_t ~ 1e-8 for every word, the decoder computing spatial attention; 5.2 nats down it opened within the
+first epoch. Training logs the mean beta_t as ``train/sentinel``.
 """
+
+import math
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +46,7 @@ class AdaptiveAttentionDecoder(Decoder):
 
     def __init__(self, vocab_size: int, feature_dim: int, sentinel: bool = True, embed_dim: int = 512,
                  hidden_dim: int = 512, attention_dim: int | None = None, dropout: float = 0.5,
-                 sentinel_start: float = 2.0, pad_id: int = 0):
+                 sentinel_start: float = 5.0, pad_id: int = 0):
         super().__init__(vocab_size, pad_id)
         self.has_sentinel = sentinel
         attention_dim = attention_dim or hidden_dim  # k in the paper
@@ -58,8 +60,10 @@ class AdaptiveAttentionDecoder(Decoder):
         if sentinel:
             self.sentinel_gate = nn.Linear(embed_dim + 2 * hidden_dim, hidden_dim)  # [W_x, W_h]
             self.att_sentinel = nn.Linear(hidden_dim, attention_dim)  # W_s
-            with torch.no_grad():  # how closed the sentinel starts (see the module docstring)
-                self.att_sentinel.bias.copy_(-sentinel_start * self.att_score.weight[0].sign())
+            with torch.no_grad():  # the sentinel's score starts sentinel_start nats down (module docstring)
+                w_h = self.att_score.weight[0]  # [k]
+                b = math.atanh(min(sentinel_start / float(w_h.abs().sum()), 0.999))
+                self.att_sentinel.bias.copy_(-b * w_h.sign())
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_dim, vocab_size)  # W_p
 
