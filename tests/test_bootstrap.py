@@ -113,5 +113,8 @@ def test_report_table_has_a_row_per_report_with_its_intervals(tmp_path, capsys):
     assert cells[4] == f"{100 * corpus_b['BLEU-4']:.1f}" and cells[7] == f"{100 * corpus_b['CIDEr-D']:.1f}"
     assert cells[8].startswith("+") and "(noise)" not in cells[8]  # BLEU-4 vs baseline: significant
     assert lines[4].startswith(f"| {a} | ") and lines[4].endswith("(noise) |")  # the baseline against itself
+    report_table.main([f"alone={b}"])  # one report: its row, no comparison
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[2].startswith("| alone | ") and lines[2].endswith("| | |")
     with pytest.raises(SystemExit, match="report_table.py: .*missing.json"):
         report_table.main([str(a), str(tmp_path / "missing.json")])

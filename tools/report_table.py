@@ -4,7 +4,8 @@ and its BLEU-4 and CIDEr-D differences with their paired bootstrap intervals (as
     python tools/report_table.py REFERENCE.json "label=RUN_A/val.json" "label=RUN_B/val.json" ... \\
         [--resamples 1000] [--tokenizer auto|ptb|python]
 
-A report given without ``label=`` is labelled by its path. The reference gets the first row (no interval).
+A report given without ``label=`` is labelled by its path. The reference gets the first row (no interval); given
+alone, it is the whole table.
 Every report must score the same images (the same split, the same --limit).
 """
 
@@ -50,7 +51,8 @@ def table(reference: tuple[str, Path], others: list[tuple[str, Path]], resamples
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="tools/report_table.py", description=__doc__.split("\n\n")[0])
     p.add_argument("reference", help="the report every other row is compared with ([label=]path)")
-    p.add_argument("reports", nargs="+", help="[label=]path of a captioner evaluate --out report")
+    p.add_argument("reports", nargs="*", help="[label=]path of a captioner evaluate --out report (none: the "
+                   "reference's row alone)")
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--tokenizer", choices=("auto", "ptb", "python"), default="auto",
                    help="for BLEU-4's n-gram counts, as the reports were scored (auto: ptb if Java)")
