@@ -271,3 +271,24 @@ def test_the_sentinel_study_ranks_function_words_above_nouns(trained, synth):
     mean = {w: sum(v) / len(v) for w, v in by_word.items()}
     function, nouns = ([mean[w] for w in group & mean.keys()] for group in (FUNCTION_WORDS, NOUNS))
     assert len(nouns) == len(NOUNS) and sum(function) / len(function) > sum(nouns) / len(nouns) + 0.15
+
+
+def test_a_stuck_sentinel_is_named_with_its_fix():
+    from captioner.training.module import sentinel_warning
+
+    assert "lower model.sentinel_start (now 10.8 nats" in sentinel_warning(1e-8, 10.8)
+    assert "raise model.sentinel_start" in sentinel_warning(0.999, 0.0)
+    assert sentinel_warning(0.79, 5.0) is None  # open: on Flickr8k it averaged about 0.8
+
+
+def test_training_checks_the_sentinel_after_every_epoch(tmp_path, monkeypatch, caplog):
+    import captioner.training.module as module
+
+    seen = []
+    monkeypatch.setattr(module, "sentinel_warning", lambda beta, start: seen.append((beta, start)) or "stuck")
+    data = make_synth(tmp_path / "synth", n_train=64, n_val=8, n_test=8, seed=1)
+    cfg = load_config("synth_adaptive", ["train.max_epochs=2", "train.early_stop_patience=5"])
+    with caplog.at_level("WARNING", logger="captioner"):
+        train(cfg, data, tmp_path / "run", cache_root=tmp_path / "cache", progress=False)
+    assert len(seen) == 2 and all(0 < beta < 1 and start == 5.5 for beta, start in seen)
+    assert [r.getMessage() for r in caplog.records if "stuck" in r.getMessage()] == ["epoch 1: stuck", "epoch 2: stuck"]

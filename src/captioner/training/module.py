@@ -4,6 +4,7 @@ Model selection, early stopping and the LR schedule all watch ``val/bleu4`` or `
 from captions the model actually generates, never from teacher-forced argmax predictions.
 """
 
+import logging
 import time
 
 import lightning as L
@@ -17,6 +18,20 @@ from captioner.decoding.sample import sample_captions
 from captioner.distributed import merge_dicts, spread
 from captioner.metrics.coco import score_corpus
 
+log = logging.getLogger("captioner")
+
+
+def sentinel_warning(mean_beta: float, start: float) -> str | None:
+    """Adaptive attention: what to say when an epoch's mean sentinel weight beta_t shows the sentinel stuck
+    shut (the decoder computes spatial attention) or taking every word (it never looks); None when in use."""
+    if mean_beta < 1e-3:
+        return (f"the visual sentinel has not opened (mean beta {mean_beta:.1e}): lower model.sentinel_start "
+                f"(now {start:g} nats; docs/training.md, Decoders)")
+    if mean_beta > 0.99:
+        return (f"the visual sentinel takes every word (mean beta {mean_beta:.3f}), the decoder does not look: "
+                f"raise model.sentinel_start (now {start:g} nats; docs/training.md, Decoders)")
+    return None
+
 
 class CaptionModule(L.LightningModule):
     def __init__(self, config: dict, vocab: dict, global_dim: int, grid_dim: int, encoder: dict | None = None):
@@ -28,6 +43,7 @@ class CaptionModule(L.LightningModule):
         self.val_references: dict[str, list[str]] = {}  # image key -> raw reference captions
         self._val_captions: dict[str, str] = {}
         self.encoder = None  # set by attach_encoder() when the encoder is fine-tuned
+        self._sentinel: list[torch.Tensor] = []  # adaptive attention: each step's mean beta_t this epoch
 
     def attach_encoder(self, encoder) -> None:
         """Fine-tuning: compute features from images in the loop and train the encoder too (its last
@@ -56,6 +72,11 @@ class CaptionModule(L.LightningModule):
             if gap > 0:
                 raise RuntimeError(f"DDP processes out of sync after epoch {self.current_epoch + 1} "
                                    f"(weight checksums differ by {gap})")
+        if self._sentinel:
+            warning = sentinel_warning(float(torch.stack(self._sentinel).mean()), self.cfg.model.sentinel_start)
+            self._sentinel = []
+            if warning and self.global_rank == 0:
+                log.warning(f"epoch {self.current_epoch + 1}: {warning}")
 
     def sample_prob(self) -> float:
         """Scheduled sampling's probability for the current epoch (0 when it is off)."""
@@ -73,6 +94,8 @@ class CaptionModule(L.LightningModule):
                                   label_smoothing=t.label_smoothing, weights=batch.get("weights"), soft=soft,
                                   soft_weight=t.distill_topk)
         size = batch["captions"].size(0)
+        if "log_sentinel" in terms:
+            self._sentinel.append(terms["log_sentinel"].detach())
         for name, value in terms.items():
             self.log(f"train/{name.removeprefix('log_')}", value.detach(), batch_size=size,
                      prog_bar=name == "loss")
