@@ -46,6 +46,25 @@ def test_last_checkpoint_is_the_last_epoch_even_when_it_did_not_improve(tmp_path
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
+def test_a_moved_run_resumes_with_its_best_epoch_kept(tmp_path):
+    """A run folder moved (or copied) before --resume keeps its best score: with lr 0 no later epoch beats the
+    first, so best.ckpt must stay at epoch 0 (Lightning alone forgets the score when the folder changed, and
+    the first epoch after resuming would replace the best one)."""
+    import shutil
+
+    data = make_synth(tmp_path / "synth", n_train=40, n_val=8, n_test=2, size=32)
+    sets = ["train.batch_size=16", "model.embed_dim=16", "model.hidden_dim=16", "model.attention_dim=8",
+            "train.early_stop_patience=10", "train.lr=0"]
+    train(load_config("synth_soft", sets + ["train.max_epochs=1"]), data, tmp_path / "run", tmp_path / "cache",
+          progress=False)
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    train(load_config("synth_soft", sets + ["train.max_epochs=3"]), data, tmp_path / "moved", tmp_path / "cache",
+          resume=True, progress=False)
+    ckpts = tmp_path / "moved" / "checkpoints"
+    assert torch.load(ckpts / "best.ckpt", weights_only=True)["epoch"] == 0
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
+
+
 def _train_cmd(data, run, cache, sets, resume=False):
     cmd = [sys.executable, "-m", "captioner.cli", "train", "--config", "synth_hard", "--data", str(data),
            "--out", str(run), "--cache", str(cache), "--no-progress"]

@@ -6,6 +6,7 @@ A run folder holds everything about one training run:
 """
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -250,12 +251,12 @@ def train(cfg: Config, data: str | Path, out_dir: str | Path, cache_root: str | 
     if cfg.encoder.finetune:
         module.attach_encoder(encoder)
     monitor = f"val/{t.monitor}"
-    best = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                           save_top_k=1, enable_version_counter=False)
+    best = RunCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                         save_top_k=1, enable_version_counter=False)
     # Every epoch, not only improving ones (Lightning's save_last only follows a top-k save): --resume
     # then repeats no finished epoch.
-    latest = ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
-                             enable_version_counter=False)
+    latest = RunCheckpoint(dirpath=out_dir / "checkpoints", filename="last", save_top_k=1,
+                           enable_version_counter=False)
     callbacks = [best, latest, EarlyStopping(monitor=monitor, mode="max", patience=t.early_stop_patience),
                  LearningRateMonitor(logging_interval="epoch")]
     if progress:
@@ -290,6 +291,25 @@ def _mirrored_rows(cfg: Config, dataset, records, cache, cache_root, progress: b
         if name in cache.index and name not in mirrored.failed:
             mirror_of[cache.index[name]] = row
     return mirrored.streamed(), mirror_of
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, for a run folder that may have been moved or copied before --resume.
+    Lightning forgets the best score when the checkpoint folder's path changed, so the first epoch after
+    resuming would replace the best checkpoint however poor it was; here the saved paths are moved to this
+    folder and the score is kept."""
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            def moved(path):
+                return os.path.join(new, os.path.relpath(path, old)) if path else path
+
+            state_dict = {**state_dict, "dirpath": new,
+                          **{k: moved(state_dict[k]) for k in ("best_model_path", "kth_best_model_path",
+                                                               "last_model_path") if k in state_dict},
+                          "best_k_models": {moved(k): v for k, v in state_dict.get("best_k_models", {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
