@@ -48,7 +48,7 @@ def test_every_kind_of_input_gives_the_same_caption_as_the_cli(shipped, capsys):
     cli = _cli_captions(capsys, *photos)
     pil = [Image.open(p) for p in photos]
     arrays = [np.asarray(img.convert("RGB")) for img in pil]
-    tensors = [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in arrays]  # [3, H, W] in 0..1
+    tensors = [torch.tensor(a).permute(2, 0, 1).float() / 255 for a in arrays]  # [3, H, W] in 0..1
     for given in (photos, [str(p) for p in photos], pil, arrays, tensors):
         results = shipped(given)
         assert [r.text for r in results] == cli
