@@ -114,6 +114,10 @@ def test_decoder_families_runs_every_stage_and_writes_its_table(tmp_path):
     again = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
                            text=True, timeout=600, env=env)
     assert again.returncode == 0 and "done before" in again.stdout  # resumable: nothing trained twice
+    alone = subprocess.run(["bash", str(RECIPES / "decoder_families.sh"), str(data), str(out)], capture_output=True,
+                           text=True, timeout=600, env={**env, "TYPES": "adaptive"})
+    assert alone.returncode == 0, alone.stderr[-2000:]  # one type: its rows, nothing to compare
+    assert "| lite0 adaptive | " in (out / "table.md").read_text() and "[" not in (out / "table.md").read_text()
 
     # each family as the sixth member of a (stand-in) best recipe: the synthetic soft model and a hard one
     recipe = tmp_path / "recipe"
