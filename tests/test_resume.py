@@ -61,6 +61,9 @@ def test_a_moved_run_resumes_with_its_best_epoch_kept(tmp_path):
     train(load_config("synth_soft", sets + ["train.max_epochs=3"]), data, tmp_path / "moved", tmp_path / "cache",
           resume=True, progress=False)
     ckpts = tmp_path / "moved" / "checkpoints"
+    # the callbacks' state is filed under ModelCheckpoint's key, as in checkpoints written before RunCheckpoint
+    assert all(k.startswith(("ModelCheckpoint{", "EarlyStopping{", "LearningRateMonitor"))
+               for k in torch.load(ckpts / "last.ckpt", weights_only=True)["callbacks"])
     assert torch.load(ckpts / "best.ckpt", weights_only=True)["epoch"] == 0
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["epoch"] == 2
 

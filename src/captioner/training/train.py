@@ -299,6 +299,10 @@ class RunCheckpoint(ModelCheckpoint):
     resuming would replace the best checkpoint however poor it was; here the saved paths are moved to this
     folder and the score is kept."""
 
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's: checkpoints written by it resume with their best score
+        return super().state_key.replace(type(self).__qualname__, ModelCheckpoint.__qualname__, 1)
+
     def load_state_dict(self, state_dict: dict) -> None:
         old, new = state_dict.get("dirpath"), self.dirpath
         if old and new and old != new:
