@@ -25,7 +25,7 @@
 # recipes/best_recipe.sh's OUT).
 # Usage: recipes/decoder_families.sh DATA OUT
 # Environment: PYTHON (default python3), TYPES (default "soft spatial adaptive transformer"), LITE2_ENCODER (a
-#   weights file; default none: lite0 only), EPOCHS (default 10), SEED (default 0), CONFIG (default %s_lite0:
+#   weights file; default none: lite0 only), EPOCHS (default 20; early stopping after four epochs without a better val CIDEr-D), SEED (default 0), CONFIG (default %s_lite0:
 #   the config of each TYPE, a printf pattern; synth_%s runs the recipe on `captioner synth` data in a minute),
 #   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java),
 #   RECIPE and TEACHERS (above).
@@ -60,7 +60,7 @@ for features in "${FEATURES[@]}"; do
     config=$(printf "${CONFIG:-%s_lite0}" "$type")
     # shellcheck disable=SC2046
     train "$name" --config "$config" $(encoder_settings "$features") --set train.seed="${SEED:-0}" \
-      --set train.max_epochs="${EPOCHS:-10}" --set train.monitor=cider
+      --set train.max_epochs="${EPOCHS:-20}" --set train.monitor=cider
     train "${name}_scst" --config "$name/config.yaml" --set train.init_from="$name/model.pt" "${SCST[@]}"
     for stage in "$name" "${name}_scst"; do
       [ -f "$stage/val.json" ] || $PY -m captioner.cli evaluate --model "$stage/model.pt" --data "$DATA" \
