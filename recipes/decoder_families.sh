@@ -13,7 +13,8 @@
 #   ensemble5.json           the best recipe's ensemble and decoding (length penalty 0.7, consensus 1.5, mean
 #                            log-probability, flip; its val report in RECIPE when there is one)
 #   ensemble6_TYPE.json      the same with the family's decoder added
-#   student_TYPE             recipes/distill.sh's shipped student (word level 0.5, 5 epochs, no SCST) taught by
+#   student_TYPE             recipes/distill.sh's shipped student (word level 0.5, STUDENT_EPOCHS epochs, default
+#                            5 as shipped, no SCST) taught by
 #                            that six-decoder teacher (teacher_TYPE.jsonl), for each of TEACHERS (default TYPES,
 #                            "" none);
 #                            its val.json decoded as the shipped model without reranking
@@ -25,7 +26,8 @@
 # recipes/best_recipe.sh's OUT).
 # Usage: recipes/decoder_families.sh DATA OUT
 # Environment: PYTHON (default python3), TYPES (default "soft spatial adaptive transformer"), LITE2_ENCODER (a
-#   weights file; default none: lite0 only), EPOCHS (default 20; early stopping after four epochs without a better val CIDEr-D), SEED (default 0), CONFIG (default %s_lite0:
+#   weights file; default none: lite0 only), EPOCHS (the families'; default 20, early stopping after four epochs
+#   without a better val CIDEr-D), STUDENT_EPOCHS (default 5), SEED (default 0), CONFIG (default %s_lite0:
 #   the config of each TYPE, a printf pattern; synth_%s runs the recipe on `captioner synth` data in a minute),
 #   EVAL_ARGS (more `captioner evaluate` options, e.g. "--no-meteor --tokenizer python" where there is no Java),
 #   RECIPE and TEACHERS (above).
@@ -94,8 +96,10 @@ if [ -n "${RECIPE:-}" ]; then
   done
   [ -f "$RECIPE/student_topk/val.json" ] && ROWS_STUDENT=("student of the best recipe=$RECIPE/student_topk/val.json")
   for type in ${TEACHERS-${TYPES[@]}}; do
+    # the shipped student's settings, whatever EPOCHS this script was given for the families
     EXTRA_MEMBER=$OUT/${last}_${type}_scst/model.pt TEACHER_FILE=$OUT/teacher_$type.jsonl NAME=$OUT/student_$type \
-      TOPK_WEIGHT=0.5 WITH_SCST=0 "$REPO/recipes/distill.sh" "$DATA" "$RECIPE"
+      TOPK_WEIGHT=0.5 WEIGHT=1.0 HIDDEN=512 EPOCHS=${STUDENT_EPOCHS:-5} WITH_SCST=0 \
+      "$REPO/recipes/distill.sh" "$DATA" "$RECIPE"
     ROWS_STUDENT+=("student, teacher + $last $type=student_$type/val.json")
   done
 fi
