@@ -14,10 +14,9 @@
 #                            log-probability, flip; its val report in RECIPE when there is one)
 #   ensemble6_TYPE.json      the same with the family's decoder added
 #   student_TYPE             recipes/distill.sh's shipped student (word level 0.5, STUDENT_EPOCHS epochs, default
-#                            5 as shipped, no SCST) taught by
-#                            that six-decoder teacher (teacher_TYPE.jsonl), for each of TEACHERS (default TYPES,
-#                            "" none);
-#                            its val.json decoded as the shipped model without reranking
+#                            5 as shipped, no SCST) taught by that six-decoder teacher (teacher_TYPE.jsonl), for
+#                            each of TEACHERS (default TYPES, "" none); its val.json decoded as the shipped model
+#                            without reranking
 #   table.md                 + the six-decoder rows against ensemble5 and against the first TYPE's (soft: a
 #                            second decoder of the recipe's kind), the students against RECIPE/student_topk (the
 #                            shipped student, when trained there)
